@@ -1,0 +1,27 @@
+"""Per-image random augmentations for self-supervised learning (Keras 3, any backend).
+
+All layers draw their random parameters independently for every image of a batch, work
+inside compiled train steps (``jax.jit``, ``tf.function(jit_compile=True)``, torch) and inside
+``tf.data`` pipelines whatever ``KERAS_BACKEND`` is. Images are channels-last floats in [0, 1].
+"""
+
+from keras_ssl.augment.blur import GaussianBlur
+from keras_ssl.augment.color import ColorJitter, RandomGrayscale, Solarize
+from keras_ssl.augment.containers import AugmentationPipeline, MultiViewAugment, RandomApply
+from keras_ssl.augment.geometric import RandomHorizontalFlip, RandomResizedCrop
+from keras_ssl.augment.recipes import SimCLRAugment, blur_kernel_size, simclr_pipeline
+
+__all__ = [
+    "AugmentationPipeline",
+    "ColorJitter",
+    "GaussianBlur",
+    "MultiViewAugment",
+    "RandomApply",
+    "RandomGrayscale",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
+    "SimCLRAugment",
+    "Solarize",
+    "blur_kernel_size",
+    "simclr_pipeline",
+]

@@ -1,0 +1,230 @@
+"""The `keras-ssl` command: `keras-ssl pretrain` runs SSL pretraining and evaluates the features.
+
+With no arguments it pretrains SimCLR on the embedded Fashion-MNIST subset with the demo
+ConvNet and prints kNN and linear-probe top-1 of the learned features against the same
+backbone at random initialisation and against raw pixels.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+METHODS = ("simclr",)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="keras-ssl", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser(
+        "pretrain",
+        help="pretrain a backbone self-supervised, then evaluate it (kNN, linear probe)",
+        description=(
+            "Pretrain a backbone with a self-supervised method and evaluate its features. "
+            "Defaults: SimCLR, demo ConvNet, the embedded Fashion-MNIST subset."
+        ),
+    )
+    p.add_argument("--method", default="simclr", choices=METHODS)
+    p.add_argument("--backbone", default="convnet", help="convnet, resnet18_cifar, resnet18, ...")
+    p.add_argument("--epochs", type=int, default=None, help="default: 15 (embedded data)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=None, help="default: method's")
+    p.add_argument(
+        "--data",
+        default="embedded",
+        choices=("embedded", "full"),
+        help="Fashion-MNIST source when no --image-folder is given",
+    )
+    p.add_argument(
+        "--image-folder",
+        default=None,
+        help="pretrain on this folder of images instead (sub-folders, if any, are classes "
+        "and are used for evaluation only)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="default: 28, or 64 for folders")
+    p.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"))
+    p.add_argument("--output-dir", default=None, help="default: keras_ssl_runs/<method>_<backend>")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
+    p.add_argument("--verbose", type=int, default=1, help="Keras progress bar: 0, 1 or 2")
+    return parser
+
+
+def _switch_backend(backend, argv):
+    """Re-runs this command under `backend`: Keras fixes its backend at import time."""
+    import keras
+
+    if backend is None or keras.backend.backend() == backend:
+        return
+    os.environ["KERAS_BACKEND"] = backend
+    os.execv(sys.executable, [sys.executable, "-m", "keras_ssl.cli", *argv])
+
+
+def _load_images(args):
+    """Returns (train images, train labels or None, test images or None, test labels or None)."""
+    import numpy as np
+
+    if args.image_folder:
+        from keras_ssl.data import image_folder
+
+        folder = (
+            image_folder(
+                args.image_folder, args.image_size, batch_size=256, labels=True, shuffle=False
+            )
+            if _has_class_folders(args.image_folder)
+            else None
+        )
+        if folder is None:
+            data = image_folder(args.image_folder, args.image_size, batch_size=256, shuffle=False)
+            images = np.concatenate([data[i] for i in range(len(data))])
+            return images, None, None, None
+        batches = [folder[i] for i in range(len(folder))]
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches])
+        order = np.random.default_rng(args.seed).permutation(len(images))
+        n_test = max(1, len(images) // 5)
+        test, train = order[:n_test], order[n_test:]
+        return images[train], labels[train], images[test], labels[test]
+
+    from keras_ssl.datasets import fashion_mnist
+
+    (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data(source=args.data)
+    return x_train[..., None], y_train, x_test[..., None], y_test
+
+
+def _has_class_folders(path):
+    return any(entry.is_dir() for entry in os.scandir(path))
+
+
+def _evaluate(backbone_features, raw_train, raw_test, y_train, y_test, seed):
+    from keras_ssl.eval import knn_accuracy, linear_probe
+
+    knn = knn_accuracy(*backbone_features[:1], y_train, backbone_features[1], y_test)
+    probe = linear_probe(
+        backbone_features[0],
+        y_train,
+        backbone_features[1],
+        y_test,
+        epochs=30,
+        batch_size=256,
+        learning_rate=1e-3,
+        seed=seed,
+    )
+    return {"knn_top1": knn, "linear_top1": probe.top1}
+
+
+def pretrain(args):
+    import keras
+
+    import keras_ssl
+    from keras_ssl.eval import extract_features
+
+    started = time.time()
+    backend = keras.backend.backend()
+    keras.utils.set_random_seed(args.seed)
+    if args.image_size is None:
+        args.image_size = 64 if args.image_folder else 28
+    if args.epochs is None:
+        args.epochs = 15
+    output_dir = args.output_dir or os.path.join("keras_ssl_runs", f"{args.method}_{backend}")
+    os.makedirs(output_dir, exist_ok=True)
+
+    x_train, y_train, x_test, y_test = _load_images(args)
+    channels = x_train.shape[-1]
+    print(
+        f"keras_ssl {keras_ssl.__version__} | backend {backend} | {args.method} | "
+        f"{args.backbone} | {len(x_train)} images {x_train.shape[1:]} | "
+        f"{args.epochs} epochs, batch {args.batch_size}"
+    )
+
+    def make_backbone():
+        return keras_ssl.backbones.get(args.backbone, input_channels=channels)
+
+    augmenter = keras_ssl.augment.SimCLRAugment.small_images(
+        args.image_size, crop_scale=(0.2, 1.0), seed=args.seed
+    )
+    model = keras_ssl.SimCLR(make_backbone(), augmenter=augmenter, temperature=0.5)
+    steps = args.epochs * (len(x_train) // args.batch_size)
+    learning_rate = args.learning_rate or 2e-3
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate * 0.1,
+        decay_steps=max(1, steps),
+        warmup_target=learning_rate,
+        warmup_steps=max(1, steps // 10),
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4))
+    random_backbone = make_backbone()  # same architecture, never trained: the baseline
+    random_backbone.set_weights(model.backbone.get_weights())
+
+    history = model.fit(
+        x_train, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=args.verbose
+    )
+    train_seconds = time.time() - started
+
+    model.backbone.save(os.path.join(output_dir, "backbone.keras"))
+    curves = keras_ssl.visualize.plot_history(
+        history,
+        os.path.join(output_dir, "curves.png"),
+        title=f"{args.method} on {backend}",
+    )
+    report = {
+        "method": args.method,
+        "backbone": args.backbone,
+        "backend": backend,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "images": int(len(x_train)),
+        "image_shape": list(x_train.shape[1:]),
+        "seed": args.seed,
+        "train_seconds": round(train_seconds, 1),
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count()},
+    }
+
+    if y_train is not None and not args.no_eval:
+        rows = {}
+        flat_train = x_train.reshape(len(x_train), -1).astype("float32") / 255.0
+        flat_test = x_test.reshape(len(x_test), -1).astype("float32") / 255.0
+        candidates = {
+            f"{args.method} (self-supervised)": model.backbone,
+            "random init (same backbone)": random_backbone,
+        }
+        for name, backbone in candidates.items():
+            features = (extract_features(backbone, x_train), extract_features(backbone, x_test))
+            rows[name] = _evaluate(features, None, None, y_train, y_test, args.seed)
+        rows["raw pixels"] = _evaluate(
+            (flat_train, flat_test), None, None, y_train, y_test, args.seed
+        )
+        report["results"] = rows
+        ssl_row = rows[f"{args.method} (self-supervised)"]
+        random_row = rows["random init (same backbone)"]
+        report["margin_over_random"] = {k: round(ssl_row[k] - random_row[k], 4) for k in ssl_row}
+        print()
+        print(f"{'features':32s} {'kNN top-1':>10s} {'linear top-1':>13s}")
+        for name, row in rows.items():
+            print(f"{name:32s} {row['knn_top1']:10.4f} {row['linear_top1']:13.4f}")
+        print(
+            "margin over random init: "
+            f"kNN {report['margin_over_random']['knn_top1']:+.4f}, "
+            f"linear {report['margin_over_random']['linear_top1']:+.4f}"
+        )
+    report["total_seconds"] = round(time.time() - started, 1)
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\ncurves: {curves}\nresults: {os.path.join(output_dir, 'results.json')}")
+    print(f"total time {report['total_seconds']:.0f} s")
+    return report
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    _switch_backend(args.backend, argv)
+    if args.command == "pretrain":
+        pretrain(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR."""
+
+from keras import ops
+
+
+def _joint_similarities(z_a, z_b, temperature):
+    """Cosine similarities of all 2N views over T, self-pairs masked, float32.
+
+    Returns `(logits, positive_mask)`: `logits[i, k] = sim(z_i, z_k) / T` for
+    `k != i` and a large negative number on the diagonal; `positive_mask[i, k]`
+    is 1 where `k` is the other view of the same image (`k = i +/- N`).
+    """
+    z = ops.concatenate([ops.convert_to_tensor(z_a), ops.convert_to_tensor(z_b)], axis=0)
+    z = ops.cast(z, "float32")
+    z = z / ops.maximum(ops.norm(z, axis=1, keepdims=True), 1e-12)
+    logits = ops.matmul(z, ops.transpose(z)) / temperature
+    two_n = ops.shape(z)[0]
+    self_mask = ops.eye(two_n, dtype="bool")
+    # -1e9 rather than -inf: exp underflows to exactly 0 and gradients stay finite.
+    logits = ops.where(self_mask, ops.cast(-1e9, logits.dtype), logits)
+    n = ops.shape(z_a)[0]
+    positive_mask = ops.roll(ops.eye(two_n, dtype="float32"), shift=n, axis=1)
+    return logits, positive_mask
+
+
+def nt_xent_loss(z_a, z_b, temperature=0.5):
+    """NT-Xent loss of SimCLR (Chen et al. 2020, "A Simple Framework for
+    Contrastive Learning of Visual Representations", eq. 1).
+
+    For the 2N embeddings `z` of N images under two views, with
+    `sim(u, v) = u.v / (|u| |v|)` and temperature `T`, the loss of anchor `i`
+    whose positive is `j` (the other view of the same image) is
+
+        l(i, j) = -log( exp(sim(z_i, z_j) / T) / sum_{k != i} exp(sim(z_i, z_k) / T) )
+
+    and the loss is the mean of `l` over all 2N anchors, i.e. both
+    `l(i, i+N)` and `l(i+N, i)`. The denominator runs over every `k != i`,
+    the positive included. The positive is selected by a mask on the full
+    2N x 2N similarity matrix, never by re-indexing the matrix after the
+    diagonal is removed. Computed in float32 whatever the inputs' dtype.
+
+    Args:
+        z_a: `(N, D)` embeddings of the first views.
+        z_b: `(N, D)` embeddings of the second views, row `i` the same image
+            as row `i` of `z_a`.
+        temperature: the temperature `T` (0.5 in the paper's CIFAR-10
+            runs, 0.1 for ImageNet with large batches).
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_ssl.ops import nt_xent_loss
+    >>> z = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    >>> float(nt_xent_loss(z, z + 0.01, temperature=0.5)) < float(nt_xent_loss(z, z[::-1]))
+    True
+    """
+    if len(z_a.shape) != 2 or tuple(z_a.shape) != tuple(z_b.shape):
+        raise ValueError(
+            "nt_xent_loss expects two (N, D) tensors of the same shape, got "
+            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}."
+        )
+    if z_a.shape[0] is not None and z_a.shape[0] < 2:
+        raise ValueError(
+            f"NT-Xent needs at least 2 images per batch to have negatives, got {z_a.shape[0]}. "
+            "Increase the batch size."
+        )
+    logits, positive_mask = _joint_similarities(z_a, z_b, temperature)
+    positive_logit = ops.sum(logits * positive_mask, axis=1)
+    return ops.mean(ops.logsumexp(logits, axis=1) - positive_logit)
+
+
+def contrastive_accuracy(z_a, z_b):
+    """Fraction of the 2N anchors whose most similar other view is their positive.
+
+    The top-1 accuracy of the NT-Xent classification task: for anchor `i`,
+    the argmax of `sim(z_i, z_k)` over `k != i` must be the other view of
+    the same image. Gradient-free; a metric, not a loss.
+
+    Args:
+        z_a: `(N, D)` embeddings of the first views.
+        z_b: `(N, D)` embeddings of the second views.
+
+    Returns:
+        A float32 scalar in [0, 1].
+    """
+    z_a = ops.stop_gradient(ops.convert_to_tensor(z_a))
+    z_b = ops.stop_gradient(ops.convert_to_tensor(z_b))
+    logits, positive_mask = _joint_similarities(z_a, z_b, 1.0)
+    predicted = ops.argmax(logits, axis=1)
+    positive = ops.argmax(positive_mask, axis=1)
+    return ops.mean(ops.cast(ops.equal(predicted, positive), "float32"))

@@ -1,0 +1,5 @@
+"""Optimizers the papers train with."""
+
+from keras_ssl.optimizers.lars import LARS
+
+__all__ = ["LARS"]

@@ -1,0 +1,76 @@
+"""The JAX train step: stateless, every variable passed in and returned.
+
+Method code assigns variables as on any backend (`teacher.assign(...)`,
+`queue.assign(...)`); here it runs inside a `keras.StatelessScope` whose
+mapping holds the step's current values, and the assigned values are
+collected from the scope and returned as the new state. The optimizer's
+variables are in every mapping so that schedules read the live step count,
+not the value frozen when the step was traced.
+"""
+
+import jax
+import keras
+
+
+def _run_stateless(fn, pairs):
+    """Calls `fn()` with `pairs` of (variable, value) bound; returns (result, new values)."""
+    with keras.StatelessScope(state_mapping=pairs) as scope:
+        result = fn()
+    new_values = []
+    for variable, value in pairs:
+        current = scope.get_current_value(variable)
+        new_values.append(value if current is None else current)
+    return result, new_values
+
+
+class BackendStep:
+    def _stateless_pairs(self, trainable, non_trainable, optimizer_variables=None):
+        pairs = list(zip(self.trainable_variables, trainable, strict=True))
+        pairs += list(zip(self.non_trainable_variables, non_trainable, strict=True))
+        if optimizer_variables is not None:
+            pairs += list(zip(self.optimizer.variables, optimizer_variables, strict=True))
+        return pairs
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        n_trainable, n_non_trainable = len(trainable), len(non_trainable)
+
+        def loss_fn(trainable, non_trainable):
+            def forward():
+                loss, logs = self._forward_and_loss(data, training=True)
+                return loss, logs, self.optimizer.scale_loss(loss)
+
+            pairs = self._stateless_pairs(trainable, non_trainable, optimizer_variables)
+            (loss, logs, scaled_loss), values = _run_stateless(forward, pairs)
+            new_non_trainable = values[n_trainable : n_trainable + n_non_trainable]
+            return scaled_loss, (loss, logs, new_non_trainable)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (loss, logs, non_trainable)), gradients = grad_fn(trainable, non_trainable)
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable
+        )
+
+        pairs = self._stateless_pairs(trainable, non_trainable, optimizer_variables)
+        _, values = _run_stateless(self.after_optimizer_step, pairs)
+        non_trainable = values[n_trainable : n_trainable + n_non_trainable]
+
+        logs, metrics_variables = self._update_trackers_stateless(metrics_variables, loss, logs)
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics_variables = state
+        n_trainable, n_non_trainable = len(trainable), len(non_trainable)
+
+        def forward():
+            return self._forward_and_loss(data, training=False)
+
+        pairs = self._stateless_pairs(trainable, non_trainable)
+        (loss, logs), values = _run_stateless(forward, pairs)
+        non_trainable = values[n_trainable : n_trainable + n_non_trainable]
+        logs, metrics_variables = self._update_trackers_stateless(metrics_variables, loss, logs)
+        return logs, (trainable, non_trainable, metrics_variables)
+
+    def _update_trackers_stateless(self, metrics_variables, loss, logs):
+        pairs = list(zip(self.metrics_variables, metrics_variables, strict=True))
+        return _run_stateless(lambda: self._update_trackers(loss, logs), pairs)

@@ -1,0 +1,253 @@
+"""`ContrastiveTrainer`: the one base class every self-supervised method subclasses."""
+
+import keras
+from keras import ops
+
+if keras.backend.backend() == "tensorflow":
+    from keras_ssl.trainer._tensorflow import BackendStep
+elif keras.backend.backend() == "jax":
+    from keras_ssl.trainer._jax import BackendStep
+elif keras.backend.backend() == "torch":
+    from keras_ssl.trainer._torch import BackendStep
+else:
+    raise ImportError(
+        "keras_ssl supports the tensorflow, jax and torch backends, not "
+        f"{keras.backend.backend()!r}. Set KERAS_BACKEND to one of them."
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class ContrastiveTrainer(BackendStep, keras.Model):
+    """Base class of the self-supervised methods: a `keras.Model` you `compile` and `fit`.
+
+    The trainer owns everything that is the same for every method: turning a
+    batch into views (augmenting images inside the train step, or taking
+    views made by the data pipeline), validating the input, computing
+    gradients and applying the optimizer on each backend (`tf.GradientTape`,
+    `jax.value_and_grad` with stateless variables, torch autograd), and the
+    metrics. A method subclasses it and writes, with `keras.ops` only:
+
+    - `compute_ssl_loss(views, training)`: views -> embeddings -> loss;
+      returns `(loss, logs)` where `logs` maps metric names (listed in the
+      class attribute `metric_names`) to scalars. Non-gradient state that
+      depends on the forward pass (a queue, a centre) is `assign`ed here.
+    - `after_optimizer_step()`: optional, state updated after the weights
+      moved (EMA teachers). Runs without gradients.
+
+    Calling the model on images returns the backbone's features (a tuple of
+    them for a tuple of views), so `model.predict(images)` gives the
+    representation.
+
+    Args:
+        backbone: a `keras.Model` mapping `(N, H, W, C)` images to `(N, D)`
+            features; it needs an `output_dim` attribute or a static output
+            shape.
+        augmenter: a layer mapping a batch of images to a tuple of views,
+            e.g. `keras_ssl.augment.SimCLRAugment`. `None` means the data
+            pipeline already yields the views as a tuple.
+
+    Data: `fit` takes batches of images `(N, H, W, C)` (float in [0, 1], or
+    uint8 which is scaled to [0, 1]; `(N, H, W)` for one-channel
+    backbones), or tuples of pre-made views, each `(N, H, W, C)`. Labels are
+    refused: pretraining is unsupervised.
+
+    Example, a new method in a few lines (it predicts one view's features
+    from the other's with a cosine loss; no negatives, so it would collapse,
+    but it trains):
+
+    ```python
+    import keras
+    from keras import ops
+    import keras_ssl
+
+    class CosineAlign(keras_ssl.ContrastiveTrainer):
+        def compute_ssl_loss(self, views, training=True):
+            a, b = self.encode_views(self.backbone, views, training=training)
+            a = a / ops.norm(a, axis=1, keepdims=True)
+            b = b / ops.norm(b, axis=1, keepdims=True)
+            return -ops.mean(ops.sum(a * b, axis=1)), {}
+
+    model = CosineAlign(keras_ssl.backbones.ConvNet(input_channels=1),
+                        augmenter=keras_ssl.augment.SimCLRAugment.small_images(28))
+    model.compile(optimizer="adam")
+    ```
+    """
+
+    metric_names = ()
+    """Names of the scalars `compute_ssl_loss` logs besides `loss`."""
+    min_batch_size = 1
+    """Smallest batch the method can learn from (2 where negatives come from the batch)."""
+
+    def __init__(self, backbone, augmenter=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(
+                "`backbone` must be a keras.Model mapping images to features, "
+                f"got {type(backbone)}."
+            )
+        self.backbone = backbone
+        self.augmenter = augmenter
+        self._trackers = {
+            name: keras.metrics.Mean(name=name) for name in ("loss", *self.metric_names)
+        }
+        # Methods create and build all their layers in __init__ (the backbone knows its
+        # feature width), so the model is complete here: Keras must not try to build it by
+        # calling it on a batch of views, and saving never meets an unbuilt model.
+        self.built = True
+
+    # ---- what a method writes -------------------------------------------------------------
+    def compute_ssl_loss(self, views, training=True):
+        """Returns `(loss, logs)` for a tuple of views. Subclasses implement it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_ssl_loss(views, training)."
+        )
+
+    def after_optimizer_step(self):
+        """Updates non-gradient state after each optimizer step (EMA teachers). Default: none."""
+
+    # ---- shared plumbing ------------------------------------------------------------------
+    @property
+    def feature_dim(self):
+        """Width of the backbone's feature vector."""
+        dim = getattr(self.backbone, "output_dim", None)
+        return int(dim) if dim is not None else int(self.backbone.output_shape[-1])
+
+    @property
+    def image_channels(self):
+        return int(self.backbone.input_shape[-1])
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def call(self, images, training=False):
+        if isinstance(images, (tuple, list)):
+            return tuple(self.call(view, training=training) for view in images)
+        return self.backbone(self._prepare_images(images), training=training)
+
+    def encode_views(self, encoder, views, training=True):
+        """Runs `encoder` on every view, one call per group of views of the same size.
+
+        Views of one resolution are concatenated along the batch axis (so
+        batch norm sees them together and the matrix products are larger,
+        as in SimCLR's and DINO's code) and split again afterwards; returns
+        one output per view, in order.
+        """
+        groups = {}
+        for index, view in enumerate(views):
+            groups.setdefault(tuple(view.shape[1:3]), []).append(index)
+        outputs = [None] * len(views)
+        for indices in groups.values():
+            if len(indices) == 1:
+                outputs[indices[0]] = encoder(views[indices[0]], training=training)
+                continue
+            joined = encoder(
+                ops.concatenate([views[i] for i in indices], axis=0), training=training
+            )
+            for i, part in zip(indices, ops.split(joined, len(indices), axis=0), strict=True):
+                outputs[i] = part
+        return outputs
+
+    def views_from_data(self, data):
+        """The tuple of views for one batch of `fit` data (see the class docstring)."""
+        if isinstance(data, dict):
+            if "views" in data:
+                data = tuple(data["views"])
+            elif "images" in data:
+                data = data["images"]
+            else:
+                raise ValueError(
+                    f"A dict batch needs an 'images' or a 'views' key, got keys {sorted(data)}."
+                )
+        # Keras adapters wrap `x` as `(x,)` or `(x, None, None)`; unwrap to the payload.
+        while isinstance(data, (tuple, list)):
+            data = [d for d in data if d is not None]
+            if len(data) == 1:
+                data = data[0]
+            else:
+                nested = any(isinstance(d, (tuple, list, dict)) for d in data)
+                if nested or min(len(d.shape) for d in data) < 3:
+                    raise ValueError(
+                        "fit() received (images, labels)-like batches, but self-supervised "
+                        "pretraining takes images only. Drop the labels: pass `x=images`, map "
+                        "your tf.data dataset with `lambda x, y: x`, or yield only images from "
+                        "your DataLoader / PyDataset. Use labelled data for evaluation "
+                        "(keras_ssl.eval) instead."
+                    )
+                return tuple(self._prepare_images(v) for v in data)
+        images = self._prepare_images(data)
+        if self.augmenter is None:
+            raise ValueError(
+                f"{type(self).__name__} got a batch of images but has no augmenter to make views "
+                "from it. Pass `augmenter=` (e.g. keras_ssl.augment.SimCLRAugment(image_size)) or "
+                "feed a tuple of pre-made views."
+            )
+        return tuple(self.augmenter(images, training=True))
+
+    def _prepare_images(self, images):
+        shape = tuple(images.shape)
+        channels = self.image_channels
+        if len(shape) == 3 and channels == 1:
+            images = ops.expand_dims(images, -1)
+            shape = tuple(images.shape)
+        if len(shape) != 4:
+            raise ValueError(
+                f"Expected a batch of images (N, H, W, {channels}) in channels_last order, got "
+                f"shape {shape}."
+            )
+        if shape[-1] != channels:
+            if shape[1] == channels:
+                raise ValueError(
+                    f"Images of shape {shape} look channels_first (N, C, H, W); keras_ssl uses "
+                    f"channels_last (N, H, W, C). Transpose them, e.g. "
+                    "`images.transpose(0, 2, 3, 1)` or `ops.transpose(images, (0, 2, 3, 1))`."
+                )
+            raise ValueError(
+                f"Images have {shape[-1]} channels but the backbone expects {channels}: "
+                f"got shape {shape}. Build the backbone with input_channels={shape[-1]} or "
+                "convert the images."
+            )
+        if "int" in str(images.dtype):
+            images = ops.cast(images, "float32") / 255.0
+        return images
+
+    def _forward_and_loss(self, data, training):
+        views = self.views_from_data(data)
+        batch_size = views[0].shape[0]
+        if batch_size is not None and batch_size < self.min_batch_size:
+            raise ValueError(
+                f"{type(self).__name__} needs at least {self.min_batch_size} images per batch, "
+                f"got {batch_size}. Increase the batch size."
+            )
+        loss, logs = self.compute_ssl_loss(views, training=training)
+        unknown = set(logs) - set(self.metric_names)
+        if unknown:
+            raise ValueError(
+                f"compute_ssl_loss returned logs {sorted(unknown)} that are not declared in "
+                f"{type(self).__name__}.metric_names = {self.metric_names}."
+            )
+        return loss, logs
+
+    def _update_trackers(self, loss, logs):
+        self._trackers["loss"].update_state(loss)
+        for name, value in logs.items():
+            self._trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "augmenter"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)

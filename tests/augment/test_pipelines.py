@@ -1,0 +1,204 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl.augment import (
+    AugmentationPipeline,
+    ColorJitter,
+    GaussianBlur,
+    MultiViewAugment,
+    RandomApply,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    SimCLRAugment,
+    Solarize,
+    blur_kernel_size,
+    simclr_pipeline,
+)
+
+BACKEND = keras.backend.backend()
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _uint8_images(n=4, size=16, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, size, size, channels), dtype="uint8")
+
+
+def _check_view(view, shape):
+    view = _np(view)
+    assert view.shape == shape and view.dtype == np.float32
+    assert view.min() >= 0.0 and view.max() <= 1.0
+    return view
+
+
+def _all_layers():
+    return [
+        RandomResizedCrop(8, 8, seed=0),
+        RandomHorizontalFlip(0.5, seed=1),
+        ColorJitter(0.4, 0.4, 0.4, 0.1, probability=0.8, seed=2),
+        RandomGrayscale(0.2, seed=3),
+        GaussianBlur(3, probability=0.5, seed=4),
+        Solarize(0.5, probability=0.2, seed=5),
+        RandomApply(RandomGrayscale(1.0, seed=6), probability=0.5, seed=7),
+    ]
+
+
+def test_random_apply_per_image():
+    x = np.repeat(np.random.uniform(size=(1, 5, 5, 3)).astype("float32"), 24, axis=0)
+    y = _np(RandomApply(Solarize(0.5, probability=1.0), probability=0.5, seed=0)(x))
+    solarized = np.where(x[0] >= 0.5, 1 - x[0], x[0])
+    is_sol = np.array([np.allclose(y[n], solarized) for n in range(24)])
+    is_id = np.array([np.allclose(y[n], x[0]) for n in range(24)])
+    assert np.all(is_sol ^ is_id) and 0 < is_sol.sum() < 24
+
+
+def test_multiview_multicrop_shapes_and_uint8():
+    augment = MultiViewAugment(
+        [
+            [RandomResizedCrop(12, 12, seed=0), RandomHorizontalFlip(seed=1)],
+            AugmentationPipeline([RandomResizedCrop(6, 6, scale=(0.05, 0.4), seed=2)]),
+        ]
+    )
+    assert augment.num_views == 2
+    views = augment(_uint8_images())
+    assert isinstance(views, tuple) and len(views) == 2
+    _check_view(views[0], (4, 12, 12, 3))
+    _check_view(views[1], (4, 6, 6, 3))
+    assert augment.compute_output_shape((4, 16, 16, 3)) == ((4, 12, 12, 3), (4, 6, 6, 3))
+
+
+def test_simclr_views_are_independent_per_image():
+    x = np.repeat(_uint8_images(n=1), 4, axis=0)
+    view_1, view_2 = SimCLRAugment(16, seed=0)(x)
+    v1 = _check_view(view_1, (4, 16, 16, 3))
+    v2 = _check_view(view_2, (4, 16, 16, 3))
+    assert not np.allclose(v1, v2)
+    assert not np.allclose(v1[0], v1[1]) and not np.allclose(v2[2], v2[3])
+
+
+def test_simclr_seeds_and_small_images():
+    x = _uint8_images()
+    a = [_np(v) for v in SimCLRAugment(16, seed=11)(x)]
+    b = [_np(v) for v in SimCLRAugment(16, seed=11)(x)]
+    c = [_np(v) for v in SimCLRAugment(16, seed=12)(x)]
+    np.testing.assert_allclose(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1])
+    assert not np.allclose(a[0], c[0])
+
+    small = SimCLRAugment.small_images(16, seed=0)
+    assert small.get_config()["jitter_strength"] == 0.5
+    assert small.get_config()["blur_probability"] == 0.0
+    layers = small.pipelines[0].layers
+    assert not any(isinstance(layer, GaussianBlur) for layer in layers)
+    jitter = next(layer for layer in layers if isinstance(layer, ColorJitter))
+    np.testing.assert_allclose(jitter.brightness, (0.6, 1.4))
+    np.testing.assert_allclose(jitter.hue, (-0.1, 0.1))
+    assert (blur_kernel_size(224), blur_kernel_size(96), blur_kernel_size(32)) == (23, 9, 3)
+    full = simclr_pipeline(224).layers
+    assert [type(layer).__name__ for layer in full] == [
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "ColorJitter",
+        "RandomGrayscale",
+        "GaussianBlur",
+    ]
+    assert full[-1].kernel_size == 23 and full[-1].probability == 0.5
+
+
+def test_tf_data_pipeline():
+    import tensorflow as tf
+
+    for channels in (3, 1):
+        x = _uint8_images(n=8, channels=channels)
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(4).map(SimCLRAugment(16, seed=0))
+        batches = list(ds)
+        assert len(batches) == 2
+        for view_1, view_2 in batches:
+            assert isinstance(view_1, tf.Tensor)
+            _check_view(view_1.numpy(), (4, 16, 16, channels))
+            _check_view(view_2.numpy(), (4, 16, 16, channels))
+
+    floats = np.random.uniform(size=(6, 16, 16, 3)).astype("float32")
+    pipeline = AugmentationPipeline(_all_layers())
+    out = [b.numpy() for b in tf.data.Dataset.from_tensor_slices(floats).batch(3).map(pipeline)]
+    assert [o.shape for o in out] == [(3, 8, 8, 3), (3, 8, 8, 3)]
+    assert min(o.min() for o in out) >= 0.0 and max(o.max() for o in out) <= 1.0
+
+    # Unbatched elements.
+    crop = RandomResizedCrop(8, 8, seed=0)
+    single = next(iter(tf.data.Dataset.from_tensor_slices(floats).map(crop)))
+    assert tuple(single.shape) == (8, 8, 3)
+
+
+def test_compiled():
+    x = _uint8_images().astype("float32") / 255.0
+    augment = SimCLRAugment(16, seed=0)
+    if BACKEND == "jax":
+        import jax
+
+        augment(x)  # builds the layer
+        state = [v.value for v in augment.non_trainable_variables]
+        step = jax.jit(lambda values, images: augment.stateless_call([], values, images))
+        views, new_state = step(state, x)
+        views_again, _ = step(new_state, x)
+        assert not np.allclose(_np(views[0]), _np(views_again[0]))
+        views_same, _ = step(state, x)
+        np.testing.assert_allclose(_np(views[0]), _np(views_same[0]))
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(augment, jit_compile=True)
+        views = step(tf.constant(x))
+        views_again = step(tf.constant(x))
+        assert not np.allclose(_np(views[0]), _np(views_again[0]))
+    else:
+        views = augment(x)
+    for view in views:
+        _check_view(view, (4, 16, 16, 3))
+
+
+def test_inside_keras_model():
+    # ``predict`` is compiled (XLA) on TF and JAX, eager on torch.
+    x = np.random.uniform(size=(4, 16, 16, 3)).astype("float32")
+    inputs = keras.Input((16, 16, 3))
+    augment = MultiViewAugment([[RandomResizedCrop(8, 8, seed=1), RandomHorizontalFlip(seed=2)]])
+    model = keras.Model(inputs, augment(inputs))
+    model.compile(jit_compile=BACKEND != "torch")
+    predicted = model.predict(x, batch_size=4, verbose=0)
+    predicted = predicted[0] if isinstance(predicted, (list, tuple)) else predicted
+    _check_view(predicted, (4, 8, 8, 3))
+
+
+def _recipes():
+    return [
+        SimCLRAugment(16, seed=3),
+        SimCLRAugment.small_images(32, crop_scale=(0.2, 1.0)),
+        MultiViewAugment([[RandomResizedCrop(8, 8, seed=0)], RandomHorizontalFlip(seed=1)]),
+        AugmentationPipeline([RandomResizedCrop(8, 8), Solarize(0.4, probability=0.3)]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_all_layers()) + len(_recipes())))
+def test_config_round_trip(index):
+    layer = (_all_layers() + _recipes())[index]
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == config
+    if isinstance(layer, MultiViewAugment):
+        assert restored.num_views == layer.num_views
+
+
+def test_round_trip_reproduces_outputs():
+    x = np.random.uniform(size=(4, 16, 16, 3)).astype("float32")
+    layer = SimCLRAugment(16, seed=9)
+    clone = SimCLRAugment.from_config(SimCLRAugment(16, seed=9).get_config())
+    for a, b in zip(layer(x), clone(x), strict=True):
+        np.testing.assert_allclose(_np(a), _np(b))

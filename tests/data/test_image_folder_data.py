@@ -1,0 +1,108 @@
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_ssl.data import image_folder
+
+
+def _save(path, size, color, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    # cats/ (3 images, one nested), dogs/ (2 images), different sizes and formats.
+    root = tmp_path / "images"
+    _save(root / "cats" / "a.png", (20, 12), (255, 0, 0))
+    _save(root / "cats" / "b.JPG", (9, 17), (0, 255, 0), fmt="JPEG")
+    _save(root / "cats" / "deep" / "er" / "c.jpeg", (16, 16), (0, 0, 255), fmt="JPEG")
+    _save(root / "dogs" / "d.png", (8, 8), (255, 255, 255))
+    _save(root / "dogs" / "e.png", (30, 10), (0, 0, 0))
+    (root / "dogs" / "notes.txt").write_text("not an image")
+    (root / "dogs" / ".hidden.png").write_bytes(b"junk")
+    return root
+
+
+def test_unlabelled_shapes_range_dtype(tree):
+    data = image_folder(tree, image_size=(8, 6), batch_size=2, shuffle=False)
+    assert isinstance(data, keras.utils.PyDataset)
+    assert len(data) == 3 and data.num_samples == 5
+    batches = [data[i] for i in range(len(data))]
+    assert [b.shape for b in batches] == [(2, 8, 6, 3), (2, 8, 6, 3), (1, 8, 6, 3)]
+    for b in batches:
+        assert b.dtype == np.float32 and b.min() >= 0.0 and b.max() <= 1.0
+    # sorted order, no shuffle: cats/a.png (red) first, dogs/e.png (black) last
+    np.testing.assert_allclose(batches[0][0].mean(axis=(0, 1)), [1, 0, 0], atol=1e-6)
+    assert batches[2].max() == 0.0
+    grey = image_folder(tree, 4, batch_size=5, shuffle=False, color_mode="grayscale")
+    assert grey[0].shape == (5, 4, 4, 1)
+    flat = image_folder(tree / "cats", 4, recursive=False, shuffle=False)
+    assert flat.num_samples == 2
+
+
+def test_labels_and_class_names(tree):
+    data = image_folder(tree, 4, batch_size=8, labels=True, shuffle=False)
+    assert data.class_names == ["cats", "dogs"] and data.num_classes == 2
+    images, labels = data[0]
+    assert images.shape == (5, 4, 4, 3)
+    assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_labels_reject_loose_images(tree):
+    _save(tree / "loose.png", (4, 4), (1, 2, 3))
+    with pytest.raises(ValueError, match="loose.png"):
+        image_folder(tree, 4, labels=True)
+
+
+def test_seeded_shuffle(tree):
+    def epochs(seed):
+        data = image_folder(tree, 4, batch_size=5, labels=True, seed=seed)
+        orders = []
+        for _ in range(4):
+            orders.append(tuple(np.asarray(data.file_paths)[data._order]))
+            data.on_epoch_end()
+        return orders, data
+
+    a, data = epochs(7)
+    b, _ = epochs(7)
+    assert a == b
+    assert len(set(a)) > 1  # reshuffled across epochs
+    # labels stay attached to their images after shuffling
+    images, labels = data[0]
+    for image, label in zip(images, labels, strict=True):
+        is_dog_colour = image.mean() in (0.0, 1.0)  # dogs are black / white
+        assert is_dog_colour == (label == 1)
+
+
+def test_errors(tmp_path, tree):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        image_folder(tmp_path / "missing", 4)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"No images found.*\.png"):
+        image_folder(empty, 4)
+    (tree / "dogs" / "broken.png").write_bytes(b"\x89PNG not really")
+    data = image_folder(tree, 4, batch_size=16, shuffle=False)
+    with pytest.raises(ValueError, match="broken.png"):
+        data[0]
+    with pytest.raises(ValueError, match="color_mode"):
+        image_folder(tree, 4, color_mode="cmyk")
+
+
+def test_fit_on_labelled_folder(tree):
+    data = image_folder(tree, 8, batch_size=2, labels=True, seed=0, workers=2)
+    assert data.workers == 2 and data.use_multiprocessing is False
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(data.num_classes, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = model.fit(data, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

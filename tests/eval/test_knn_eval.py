@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from keras_ssl.eval import knn_accuracy
+
+
+def _reference_knn(train_x, train_y, test_x, test_y, k, temperature, num_classes):
+    """Loop over test points, written from DINO's eval_knn.py formula."""
+    train_x = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    test_x = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    correct = 0
+    for x, y in zip(test_x, test_y, strict=True):
+        sim = train_x @ x
+        neighbours = np.argsort(-sim)[:k]
+        votes = np.zeros(num_classes)
+        for j in neighbours:
+            votes[train_y[j]] += np.exp(sim[j] / temperature)
+        correct += int(np.argmax(votes) == y)
+    return correct / len(test_y)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_matches_numpy_reference(k):
+    rng = np.random.default_rng(k)
+    train_x = rng.normal(size=(120, 8)).astype("float32")
+    train_y = rng.integers(0, 4, size=120)
+    test_x = rng.normal(size=(50, 8)).astype("float32")
+    test_y = rng.integers(0, 4, size=50)
+    expected = _reference_knn(train_x, train_y, test_x, test_y, k, 0.07, 4)
+    got = knn_accuracy(train_x, train_y, test_x, test_y, k=k, batch_size=16)
+    assert isinstance(got, float)
+    assert got == pytest.approx(expected, abs=1e-9)
+    # a different temperature changes the weighting but must still agree
+    expected = _reference_knn(train_x, train_y, test_x, test_y, k, 0.5, 4)
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=0.5) == (
+        pytest.approx(expected, abs=1e-9)
+    )
+
+
+def test_perfect_clusters_and_k_larger_than_bank():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 6) * 10
+    train_y = np.repeat(np.arange(3), 10)
+    test_y = np.tile(np.arange(3), 5)
+    train_x = centres[train_y] + 0.1 * rng.normal(size=(30, 6))
+    test_x = centres[test_y] + 0.1 * rng.normal(size=(15, 6))
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=5) == 1.0
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=500, num_classes=3) == 1.0
+
+
+def test_bad_inputs():
+    x = np.ones((4, 3))
+    with pytest.raises(ValueError, match="differ"):
+        knn_accuracy(x, [0, 1, 0, 1], np.ones((2, 5)), [0, 1])
+    with pytest.raises(ValueError, match="k must"):
+        knn_accuracy(x, [0, 1, 0, 1], x, [0, 1, 0, 1], k=0)

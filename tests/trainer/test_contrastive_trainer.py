@@ -1,0 +1,187 @@
+"""The shared core: a toy method in a few lines, every data source, input checks, state plumbing."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_ssl
+from keras_ssl.backbones import ConvNet
+
+BATCH, SIZE = 8, 16
+
+
+class CosineAlign(keras_ssl.ContrastiveTrainer):
+    """A toy method: align the two views' features (cosine), log their mean similarity."""
+
+    metric_names = ("similarity",)
+
+    def compute_ssl_loss(self, views, training=True):
+        a, b = self.encode_views(self.backbone, views, training=training)
+        a = a / ops.norm(a, axis=1, keepdims=True)
+        b = b / ops.norm(b, axis=1, keepdims=True)
+        similarity = ops.mean(ops.sum(a * b, axis=1))
+        return -similarity, {"similarity": ops.stop_gradient(similarity)}
+
+
+class StepCounter(keras_ssl.ContrastiveTrainer):
+    """Copies the optimizer's step count into a variable after every step."""
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.seen_step = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def compute_ssl_loss(self, views, training=True):
+        (a,) = self.encode_views(self.backbone, views[:1], training=training)
+        return ops.mean(ops.square(a)), {}
+
+    def after_optimizer_step(self):
+        self.seen_step.assign(ops.cast(self.optimizer.iterations, "float32"))
+
+
+def _backbone(channels=1):
+    return ConvNet(widths=(4, 8), input_channels=channels)
+
+
+def _augmenter():
+    return keras_ssl.augment.SimCLRAugment.small_images(SIZE, seed=1)
+
+
+def _images(n=32, channels=1):
+    return np.random.default_rng(0).uniform(size=(n, SIZE, SIZE, channels)).astype("float32")
+
+
+def _fit(model, x, **kwargs):
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    return model.fit(x, epochs=kwargs.pop("epochs", 1), verbose=0, **kwargs)
+
+
+def test_toy_method_trains_and_logs_its_metric():
+    images = _images()
+    views = (images, np.clip(images + 0.05, 0, 1))
+    model = CosineAlign(_backbone())
+    history = _fit(model, views, batch_size=BATCH, epochs=5)
+    assert set(history.history) == {"loss", "similarity"}
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    np.testing.assert_allclose(history.history["loss"], -np.array(history.history["similarity"]))
+
+
+def test_after_step_sees_the_live_step_count():
+    # On JAX the step is traced once: a schedule that read a frozen value would stay at 1.
+    model = StepCounter(_backbone(), augmenter=_augmenter())
+    _fit(model, _images(24), batch_size=BATCH, epochs=2)
+    assert float(ops.convert_to_numpy(model.seen_step)) == 6.0
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 6
+
+
+def test_predict_returns_backbone_features():
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    images = _images(4)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), model.backbone.predict(images, verbose=0), atol=1e-6
+    )
+
+
+def test_numpy_images_augmented_in_the_step():
+    history = _fit(CosineAlign(_backbone(), augmenter=_augmenter()), _images(), batch_size=BATCH)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_uint8_and_rank3_grayscale_images():
+    images = (np.random.default_rng(0).uniform(size=(16, SIZE, SIZE)) * 255).astype("uint8")
+    history = _fit(CosineAlign(_backbone(), augmenter=_augmenter()), images, batch_size=BATCH)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_tf_data_of_images_and_of_views():
+    import tensorflow as tf
+
+    images = _images()
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    _fit(model, tf.data.Dataset.from_tensor_slices(images).batch(BATCH))
+    pipeline_augment = _augmenter()  # its own instance: it runs on TensorFlow inside tf.data
+    views = tf.data.Dataset.from_tensor_slices(images).batch(BATCH).map(pipeline_augment)
+    history = _fit(CosineAlign(_backbone()), views)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_py_dataset():
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.images = _images()
+
+        def __len__(self):
+            return len(self.images) // BATCH
+
+        def __getitem__(self, index):
+            return self.images[index * BATCH : (index + 1) * BATCH]
+
+    history = _fit(CosineAlign(_backbone(), augmenter=_augmenter()), Batches())
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        folder = tmp_path / "a" if i % 2 else tmp_path / "b" / "nested"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (rng.uniform(size=(20, 24, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    data = keras_ssl.data.image_folder(tmp_path, image_size=SIZE, batch_size=4)
+    model = CosineAlign(_backbone(3), augmenter=_augmenter())
+    history = _fit(model, data)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="a torch DataLoader feeds torch only"
+)
+def test_torch_dataloader():
+    import torch
+
+    tensor = torch.from_numpy(_images())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensor), batch_size=BATCH)
+    history = _fit(CosineAlign(_backbone(), augmenter=_augmenter()), loader)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_labels_are_refused():
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="takes images only"):
+        model.fit(_images(16), np.zeros(16, "int32"), batch_size=BATCH, verbose=0)
+
+
+def test_channels_first_is_named():
+    model = CosineAlign(_backbone(3), augmenter=_augmenter())
+    model.compile(optimizer="sgd")
+    channels_first = np.zeros((BATCH, 3, SIZE, SIZE), "float32")
+    with pytest.raises(ValueError, match="channels_first"):
+        model.fit(channels_first, batch_size=BATCH, verbose=0)
+
+
+def test_wrong_channel_count_is_named():
+    model = CosineAlign(_backbone(3), augmenter=_augmenter())
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="input_channels=1"):
+        model.fit(np.zeros((BATCH, SIZE, SIZE, 1), "float32"), batch_size=BATCH, verbose=0)
+
+
+def test_images_without_augmenter_are_refused():
+    model = CosineAlign(_backbone())
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="no augmenter"):
+        model.fit(_images(BATCH), batch_size=BATCH, verbose=0)
+
+
+def test_undeclared_metric_is_refused():
+    class Sloppy(CosineAlign):
+        metric_names = ()
+
+    model = Sloppy(_backbone(), augmenter=_augmenter())
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="not declared"):
+        model.fit(_images(BATCH), batch_size=BATCH, verbose=0)
