@@ -15,13 +15,15 @@ from keras_ssl import (
     optimizers,
     visualize,
 )
-from keras_ssl.methods import SimCLR
+from keras_ssl.methods import BYOL, MoCoV2, SimCLR
 from keras_ssl.trainer import ContrastiveTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BYOL",
     "ContrastiveTrainer",
+    "MoCoV2",
     "SimCLR",
     "augment",
     "backbones",

@@ -9,12 +9,23 @@ from keras_ssl.augment.blur import GaussianBlur
 from keras_ssl.augment.color import ColorJitter, RandomGrayscale, Solarize
 from keras_ssl.augment.containers import AugmentationPipeline, MultiViewAugment, RandomApply
 from keras_ssl.augment.geometric import RandomHorizontalFlip, RandomResizedCrop
-from keras_ssl.augment.recipes import SimCLRAugment, blur_kernel_size, simclr_pipeline
+from keras_ssl.augment.recipes import (
+    BYOLAugment,
+    DINOMultiCrop,
+    MoCoV2Augment,
+    SimCLRAugment,
+    blur_kernel_size,
+    simclr_pipeline,
+    view_pipeline,
+)
 
 __all__ = [
     "AugmentationPipeline",
+    "BYOLAugment",
     "ColorJitter",
+    "DINOMultiCrop",
     "GaussianBlur",
+    "MoCoV2Augment",
     "MultiViewAugment",
     "RandomApply",
     "RandomGrayscale",
@@ -24,4 +35,5 @@ __all__ = [
     "Solarize",
     "blur_kernel_size",
     "simclr_pipeline",
+    "view_pipeline",
 ]

@@ -18,6 +18,7 @@ import functools
 
 from keras_ssl.backbones.convnet import ConvNet
 from keras_ssl.backbones.resnet import ResNet, ResNet18, ResNet50
+from keras_ssl.backbones.vit import ViT, ViTBase, ViTSmall, ViTTiny
 
 _REGISTRY = {
     "convnet": ConvNet,
@@ -25,6 +26,9 @@ _REGISTRY = {
     "resnet18_cifar": functools.partial(ResNet18, stem="cifar"),
     "resnet50": functools.partial(ResNet50, stem="imagenet"),
     "resnet50_cifar": functools.partial(ResNet50, stem="cifar"),
+    "vit_tiny": ViTTiny,
+    "vit_small": ViTSmall,
+    "vit_base": ViTBase,
 }
 
 
@@ -38,12 +42,14 @@ def get(name, **kwargs):
 
     Args:
         name: one of ``"convnet"``, ``"resnet18"``, ``"resnet18_cifar"``,
-            ``"resnet50"``, ``"resnet50_cifar"`` (case-insensitive; ``-`` is
+            ``"resnet50"``, ``"resnet50_cifar"``, ``"vit_tiny"``, ``"vit_small"``,
+            ``"vit_base"`` (patch 16 by default; case-insensitive; ``-`` is
             accepted for ``_``). The ``_cifar`` variants use the 3x3 stride-1 stem
             without max-pool. A ``keras.Model`` instance is returned unchanged
             (``kwargs`` must then be empty).
         **kwargs: constructor arguments, e.g. ``input_channels=1``,
-            ``pooling=None`` or ``widths=(16, 32)`` for ``"convnet"``. For the
+            ``pooling=None``, ``widths=(16, 32)`` for ``"convnet"`` or
+            ``patch_size=8`` for the ViTs. For the
             ``_cifar`` names, ``stem`` may not be passed.
 
     Returns:
@@ -77,4 +83,15 @@ def get(name, **kwargs):
     return _REGISTRY[key](**kwargs)
 
 
-__all__ = ["ConvNet", "ResNet", "ResNet18", "ResNet50", "get", "names"]
+__all__ = [
+    "ConvNet",
+    "ResNet",
+    "ResNet18",
+    "ResNet50",
+    "ViT",
+    "ViTBase",
+    "ViTSmall",
+    "ViTTiny",
+    "get",
+    "names",
+]

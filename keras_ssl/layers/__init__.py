@@ -1,5 +1,6 @@
 """Heads and small shared layers."""
 
-from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.layers.dino_head import DINOHead
+from keras_ssl.layers.projection_head import PredictionHead, ProjectionHead
 
-__all__ = ["ProjectionHead"]
+__all__ = ["DINOHead", "PredictionHead", "ProjectionHead"]

@@ -94,3 +94,26 @@ class ProjectionHead(keras.layers.Layer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class PredictionHead(ProjectionHead):
+    """BYOL's predictor `q` (Grill et al. 2020, Sec. 3.3): `Linear(4096) -> BN -> ReLU ->
+    Linear(256)` on top of the projection, online network only. Same layout as
+    `ProjectionHead`, with BYOL's widths as defaults.
+
+    Example:
+
+    >>> import numpy as np
+    >>> PredictionHead(output_dim=8, hidden_dim=16)(np.zeros((2, 8), "float32")).shape
+    (2, 8)
+    """
+
+    def __init__(self, output_dim=256, hidden_dim=4096, num_layers=2, batch_norm=True, **kwargs):
+        super().__init__(
+            output_dim=output_dim,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            batch_norm=batch_norm,
+            **kwargs,
+        )

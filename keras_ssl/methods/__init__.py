@@ -1,5 +1,7 @@
 """One file a method, each a `ContrastiveTrainer` subclass."""
 
+from keras_ssl.methods.byol import BYOL
+from keras_ssl.methods.moco import MoCoV2
 from keras_ssl.methods.simclr import SimCLR
 
-__all__ = ["SimCLR"]
+__all__ = ["BYOL", "MoCoV2", "SimCLR"]

@@ -1,5 +1,28 @@
 """Backend-agnostic SSL math written in `keras.ops`: losses, EMA, schedules."""
 
+from keras_ssl.ops.byol import byol_loss
+from keras_ssl.ops.dino import dino_center_update, dino_loss
+from keras_ssl.ops.ema import ema_update
+from keras_ssl.ops.ibot import ibot_patch_loss
+from keras_ssl.ops.info_nce import info_nce_accuracy, info_nce_loss
+from keras_ssl.ops.koleo import koleo_loss
 from keras_ssl.ops.nt_xent import contrastive_accuracy, nt_xent_loss
+from keras_ssl.ops.schedules import cosine_schedule, linear_schedule, linear_warmup_cosine
+from keras_ssl.ops.sinkhorn_knopp import sinkhorn_knopp
 
-__all__ = ["contrastive_accuracy", "nt_xent_loss"]
+__all__ = [
+    "byol_loss",
+    "contrastive_accuracy",
+    "cosine_schedule",
+    "dino_center_update",
+    "dino_loss",
+    "ema_update",
+    "ibot_patch_loss",
+    "info_nce_accuracy",
+    "info_nce_loss",
+    "koleo_loss",
+    "linear_schedule",
+    "linear_warmup_cosine",
+    "nt_xent_loss",
+    "sinkhorn_knopp",
+]

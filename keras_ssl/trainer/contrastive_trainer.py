@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_ssl.ops.ema import ema_update
+
 if keras.backend.backend() == "tensorflow":
     from keras_ssl.trainer._tensorflow import BackendStep
 elif keras.backend.backend() == "jax":
@@ -87,6 +89,12 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             )
         self.backbone = backbone
         self.augmenter = augmenter
+        # The length of the run, for schedules (EMA momentum, temperatures): recorded from
+        # `fit`'s epochs x steps when training begins, saved with the model so a resumed run
+        # continues the same schedule. The position is the optimizer's `iterations`.
+        self.total_steps = self.add_weight(
+            name="total_steps", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
         self._trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", *self.metric_names)
         }
@@ -104,6 +112,71 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
     def after_optimizer_step(self):
         """Updates non-gradient state after each optimizer step (EMA teachers). Default: none."""
+
+    def make_teacher(self, network, input_shape=None, name=None):
+        """A frozen copy of `network` (same architecture and weights) for EMA teachers.
+
+        Create teachers after their students, in `__init__`: weights are saved and
+        loaded in creation order. The teacher never receives gradients
+        (`trainable=False`); update it with `keras_ssl.ops.ema_update` in
+        `after_optimizer_step`.
+
+        Args:
+            network: the student, a built layer or model.
+            input_shape: shape to build the copy with, for layers that are not
+                models with an input (heads).
+            name: name of the copy (default `"teacher_" + network.name`).
+        """
+        config = network.get_config()
+        config["name"] = name or f"teacher_{network.name}"
+        teacher = type(network).from_config(config)
+        if not teacher.built:
+            if input_shape is None:
+                raise ValueError(
+                    f"make_teacher needs `input_shape` to build a copy of {network.name!r}."
+                )
+            teacher.build(input_shape)
+        if len(teacher.weights) != len(network.weights):
+            raise ValueError(
+                f"The copy of {network.name!r} has {len(teacher.weights)} weights, the original "
+                f"{len(network.weights)}: its get_config does not describe it fully."
+            )
+        for target, source in zip(teacher.weights, network.weights, strict=True):
+            target.assign(ops.copy(source))  # a copy: on JAX, assign(source) aliases the buffer
+        teacher.trainable = False
+        # Frozen means "no gradients", not "inference mode": MoCo, BYOL and DINO run their
+        # teachers in train mode, normalising with the batch's statistics. Keras runs the batch
+        # norm of a non-trainable layer in inference mode, so those layers stay trainable and
+        # their variables are frozen one by one instead.
+        for layer in teacher._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = True
+                for variable in layer.weights:
+                    variable.trainable = False
+        return teacher
+
+    def update_teacher(self, teacher, student, momentum):
+        """EMA step `teacher <- m * teacher + (1 - m) * student` over the student's parameters.
+
+        Only the parameters are averaged (as MoCo, BYOL and DINO do); the teacher's
+        batch-norm statistics come from its own forward passes.
+        """
+        pairs = [
+            (t, s) for t, s in zip(teacher.weights, student.weights, strict=True) if s.trainable
+        ]
+        ema_update([t for t, _ in pairs], [s for _, s in pairs], momentum)
+
+    def schedule_step(self):
+        """Index of the optimizer step just taken (0 for the first), for `after_optimizer_step`."""
+        return ops.maximum(ops.cast(self.optimizer.iterations, "int32") - 1, 0)
+
+    def schedule_length(self):
+        """Total steps of the run (`fit`'s epochs x steps per epoch), at least 1."""
+        return ops.maximum(self.total_steps, 1)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = [*(callbacks or []), _RecordTotalSteps()]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # ---- shared plumbing ------------------------------------------------------------------
     @property
@@ -251,3 +324,12 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+class _RecordTotalSteps(keras.callbacks.Callback):
+    """Stores `epochs x steps per epoch` of the current `fit` in `model.total_steps`."""
+
+    def on_train_begin(self, logs=None):
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if steps and epochs:
+            self.model.total_steps.assign(int(steps) * int(epochs))

@@ -185,3 +185,42 @@ def test_undeclared_metric_is_refused():
     model.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="not declared"):
         model.fit(_images(BATCH), batch_size=BATCH, verbose=0)
+
+
+def test_fit_records_the_run_length_for_schedules():
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    _fit(model, _images(24), batch_size=BATCH, epochs=2)
+    assert int(ops.convert_to_numpy(model.total_steps)) == 2 * 3
+
+
+def test_make_teacher_copies_weights_and_takes_no_gradient():
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    teacher = model.make_teacher(model.backbone)
+    assert not teacher.trainable and not teacher.trainable_weights
+    assert len(teacher.weights) == len(model.backbone.weights)
+    for t, s in zip(teacher.weights, model.backbone.weights, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(t), ops.convert_to_numpy(s))
+    # An independent copy: moving the student leaves the teacher where it was.
+    before = ops.convert_to_numpy(teacher.weights[0])
+    model.backbone.weights[0].assign(model.backbone.weights[0] + 1.0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(teacher.weights[0]), before)
+    head = keras_ssl.layers.ProjectionHead(output_dim=4, hidden_dim=8)
+    head.build((None, 8))
+    head_copy = model.make_teacher(head, input_shape=(None, 8))
+    assert len(head_copy.weights) == len(head.weights)
+
+
+def test_teacher_normalises_with_batch_statistics_like_its_student():
+    # MoCo, BYOL and DINO run the teacher in train mode; a frozen Keras batch norm would
+    # silently switch to its (never updated) moving statistics instead.
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    teacher = model.make_teacher(model.backbone)
+    images = _images(8)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(teacher(images, training=True)),
+        ops.convert_to_numpy(model.backbone(images, training=True)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert not teacher.trainable_weights
+    assert not {id(v) for v in teacher.weights} & {id(v) for v in model.trainable_variables}

@@ -1,0 +1,289 @@
+"""MoCo-v2, BYOL and DINO multi-crop recipes (all backends)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl.augment import (
+    BYOLAugment,
+    ColorJitter,
+    DINOMultiCrop,
+    GaussianBlur,
+    MoCoV2Augment,
+    MultiViewAugment,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Solarize,
+    view_pipeline,
+)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+# One batch shape and few recipe configurations throughout: on JAX an eager recipe call is
+# compiled once per (configuration without seeds, input shape).
+N, SIZE = 16, 16
+
+
+def _uint8_images(n=N, size=SIZE, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype="uint8")
+
+
+def _check_view(view, shape):
+    view = _np(view)
+    assert view.shape == shape and view.dtype == np.float32
+    assert view.min() >= 0.0 and view.max() <= 1.0
+    return view
+
+
+def _layer(pipeline, cls):
+    found = [layer for layer in pipeline.layers if isinstance(layer, cls)]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def _strip(config):
+    """A pipeline's config without layer names and seeds (its distribution)."""
+    if isinstance(config, dict):
+        return {k: _strip(v) for k, v in config.items() if k not in ("name", "seed")}
+    if isinstance(config, list):
+        return [_strip(v) for v in config]
+    return config
+
+
+def _recipes():
+    return {
+        "moco": lambda seed=0: MoCoV2Augment(16, seed=seed),
+        "byol": lambda seed=0: BYOLAugment(16, seed=seed),
+        "dino": lambda seed=0: DINOMultiCrop(16, 8, num_local_crops=2, seed=seed),
+    }
+
+
+@pytest.mark.parametrize("name", ["moco", "byol", "dino"])
+def test_views_shapes_and_seeds(name):
+    make = _recipes()[name]
+    x = _uint8_images()
+    augment = make(seed=1)
+    views = augment(x)
+    assert isinstance(augment, MultiViewAugment) and isinstance(views, tuple)
+    if name == "dino":
+        assert augment.num_global_views == 2 and augment.num_views == 4
+        shapes = [(N, 16, 16, 3)] * 2 + [(N, 8, 8, 3)] * 2
+    else:
+        assert augment.num_views == 2
+        shapes = [(N, 16, 16, 3)] * 2
+    assert len(views) == len(shapes)
+    assert augment.compute_output_shape(x.shape) == tuple(shapes)
+    views = [_check_view(v, s) for v, s in zip(views, shapes, strict=True)]
+    assert not np.allclose(views[0], views[1])
+    # Same seed -> identical views; another seed -> different views.
+    again = [_np(v) for v in make(seed=1)(x)]
+    for a, b in zip(views, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = [_np(v) for v in make(seed=2)(x)]
+    assert not np.allclose(views[0], other[0])
+
+
+def test_moco_v2_pipelines():
+    augment = MoCoV2Augment(224, seed=0)
+    view_1, view_2 = augment.pipelines
+    assert [type(layer).__name__ for layer in view_1.layers] == [
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "ColorJitter",
+        "RandomGrayscale",
+        "GaussianBlur",
+    ]
+    crop = _layer(view_1, RandomResizedCrop)
+    assert (crop.height, crop.width) == (224, 224)
+    np.testing.assert_allclose(crop.scale, (0.2, 1.0))
+    jitter = _layer(view_1, ColorJitter)
+    np.testing.assert_allclose(
+        [jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue],
+        [(0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)],
+    )
+    assert jitter.probability == 0.8
+    assert _layer(view_1, RandomGrayscale).probability == 0.2
+    blur = _layer(view_1, GaussianBlur)
+    assert (blur.probability, blur.sigma, blur.kernel_size) == (0.5, (0.1, 2.0), 23)
+    # Two views from the same distribution, with different seeds.
+    assert _strip(view_1.get_config()) == _strip(view_2.get_config())
+    assert crop.seed != _layer(view_2, RandomResizedCrop).seed
+
+    small = MoCoV2Augment.small_images(32, crop_scale=(0.3, 1.0))
+    assert _layer(small.pipelines[0], GaussianBlur) is None
+    assert small.get_config()["crop_scale"] == [0.3, 1.0]
+    assert _layer(small.pipelines[1], ColorJitter).probability == 0.8
+
+
+def _check_asymmetric_pair(view_1, view_2, crop_scale, size):
+    for pipeline in (view_1, view_2):
+        crop = _layer(pipeline, RandomResizedCrop)
+        assert (crop.height, crop.width) == (size, size)
+        np.testing.assert_allclose(crop.scale, crop_scale)
+        assert _layer(pipeline, RandomHorizontalFlip).probability == 0.5
+        jitter = _layer(pipeline, ColorJitter)
+        np.testing.assert_allclose(
+            [jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue],
+            [(0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1)],
+        )
+        assert jitter.probability == 0.8
+        assert _layer(pipeline, RandomGrayscale).probability == 0.2
+    assert _layer(view_1, GaussianBlur).probability == 1.0
+    assert _layer(view_2, GaussianBlur).probability == 0.1
+    assert _layer(view_1, Solarize) is None
+    solarize = _layer(view_2, Solarize)
+    assert (solarize.probability, solarize.threshold) == (0.2, 0.5)
+    assert type(view_2.layers[-1]) is Solarize  # solarize after the blur
+
+
+def test_byol_and_dino_pipelines():
+    view_1, view_2 = BYOLAugment(224).pipelines
+    _check_asymmetric_pair(view_1, view_2, (0.08, 1.0), 224)
+
+    dino = DINOMultiCrop()
+    assert dino.num_views == 10 and dino.num_global_views == 2
+    _check_asymmetric_pair(dino.pipelines[0], dino.pipelines[1], (0.4, 1.0), 224)
+    assert _layer(dino.pipelines[0], GaussianBlur).kernel_size == 23
+    for local in dino.pipelines[2:]:
+        crop = _layer(local, RandomResizedCrop)
+        assert (crop.height, crop.width) == (96, 96)
+        np.testing.assert_allclose(crop.scale, (0.05, 0.4))
+        blur = _layer(local, GaussianBlur)
+        assert (blur.probability, blur.kernel_size) == (0.5, 9)
+        assert _layer(local, Solarize) is None
+        assert _layer(local, ColorJitter).saturation == (0.8, 1.2)
+    assert _strip(dino.pipelines[2].get_config()) == _strip(dino.pipelines[9].get_config())
+    assert DINOMultiCrop(num_local_crops=0).num_views == 2
+
+
+def test_small_images():
+    byol = BYOLAugment.small_images(32)
+    assert all(_layer(p, GaussianBlur) is None for p in byol.pipelines)
+    assert _layer(byol.pipelines[0], Solarize) is None
+    assert _layer(byol.pipelines[1], Solarize).probability == 0.2
+
+    for size, local in ((28, 12), (32, 14), (96, 41)):
+        dino = DINOMultiCrop.small_images(size, num_local_crops=2)
+        assert dino.get_config()["global_size"] == [size, size]
+        assert dino.get_config()["local_size"] == [local, local]
+        assert all(_layer(p, GaussianBlur) is None for p in dino.pipelines)
+        assert _layer(dino.pipelines[1], Solarize).probability == 0.2
+    dino = DINOMultiCrop.small_images(28, num_local_crops=2, local_blur_probability=0.3)
+    assert _layer(dino.pipelines[3], GaussianBlur).probability == 0.3
+    assert dino.compute_output_shape((1, 28, 28, 3))[2] == (1, 12, 12, 3)
+
+
+def _two_batches(augment, x):
+    """Calls ``augment`` twice on ``x`` (2 N images, one compiled shape) -> concatenated views."""
+    first, second = augment(x), augment(x)
+    return [np.concatenate([_np(a), _np(b)]) for a, b in zip(first, second, strict=True)]
+
+
+def test_solarize_only_where_configured():
+    # A constant gray image of 0.9: crop, flip, blur and grayscale keep it constant and the
+    # jitter (brightness >= 0.6; contrast / saturation / hue leave a constant gray image as
+    # is) keeps it >= 0.54, while solarization maps it to <= 0.46.
+    x = np.full((N, SIZE, SIZE, 3), 0.9, dtype="float32")
+
+    def solarized(view):
+        low = view.max(axis=(1, 2, 3)) < 0.5
+        assert np.all(low | (view.min(axis=(1, 2, 3)) > 0.5))
+        return low
+
+    byol_1, byol_2 = _two_batches(BYOLAugment(16, seed=0), x)
+    assert not solarized(byol_1).any()
+    assert 0 < solarized(byol_2).sum() < 20  # p = 0.2 on 32 images
+
+    views = _two_batches(DINOMultiCrop(16, 8, num_local_crops=2, seed=0), x)
+    assert not solarized(views[0]).any()
+    assert 0 < solarized(views[1]).sum() < 20
+    assert not any(solarized(v).any() for v in views[2:])
+
+
+def test_blur_asymmetry():
+    # The same recipe with the blur removed draws the same crops, flips, jitter... (fixed
+    # per-layer seeds), so the images that differ are exactly the blurred ones. (DINO's
+    # views come from the same builder; their probabilities are checked above.)
+    x = np.random.default_rng(0).uniform(size=(N, SIZE, SIZE, 3)).astype("float32")
+    views = _two_batches(BYOLAugment(16, seed=3), x)
+    plain = _two_batches(BYOLAugment(16, blur_probabilities=(0.0, 0.0), seed=3), x)
+    changed = [np.abs(a - b).max(axis=(1, 2, 3)) > 1e-3 for a, b in zip(views, plain, strict=True)]
+    # View 1: blur p = 1 (only a sigma close to 0.1 leaves an image unchanged); view 2: p = 0.1.
+    assert changed[0].mean() >= 0.75
+    assert changed[1].mean() <= 0.3
+    # Most view-2 images are not blurred at all: identical to the blur-free recipe's.
+    identical = np.abs(views[1] - plain[1]).max(axis=(1, 2, 3)) == 0
+    assert identical.mean() >= 0.7
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MoCoV2Augment(16, seed=3),
+        lambda: MoCoV2Augment.small_images(32, blur_probability=0.1),
+        lambda: BYOLAugment(16, seed=4),
+        lambda: BYOLAugment.small_images(28, jitter=(0.2, 0.2, 0.1, 0.05)),
+        lambda: DINOMultiCrop(16, 8, num_local_crops=2, seed=5),
+        lambda: DINOMultiCrop.small_images(28, num_local_crops=1),
+    ],
+)
+def test_config_round_trip(make):
+    layer = make()
+    config = layer.get_config()
+    assert "pipelines" not in config
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == config
+    assert restored.num_views == layer.num_views
+    for a, b in zip(layer.pipelines, restored.pipelines, strict=True):
+        assert _strip(a.get_config()) == _strip(b.get_config())
+        assert [sub.seed for sub in a.layers] == [sub.seed for sub in b.layers]
+
+
+def test_round_trip_reproduces_outputs():
+    x = _uint8_images()
+    config = DINOMultiCrop(16, 8, num_local_crops=2, seed=9).get_config()
+    views = DINOMultiCrop(16, 8, num_local_crops=2, seed=9)(x)
+    for a, b in zip(views, DINOMultiCrop.from_config(config)(x), strict=True):
+        np.testing.assert_array_equal(_np(a), _np(b))
+
+
+def test_view_pipeline_seeds_are_per_layer():
+    full = view_pipeline(16, solarize_probability=0.2, seed=7).layers
+    bare = view_pipeline(16, jitter_probability=0.0, blur_probability=0.0, seed=7).layers
+    assert [type(layer).__name__ for layer in bare] == [
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+        "RandomGrayscale",
+    ]
+    seeds = {type(layer).__name__: layer.seed for layer in full}
+    assert all(seeds[type(layer).__name__] == layer.seed for layer in bare)
+    assert len(set(seeds.values())) == len(full) == 6
+    assert view_pipeline(16, jitter=(0, 0, 0, 0)).layers[2].__class__ is RandomGrayscale
+    with pytest.raises(ValueError):
+        view_pipeline(16, jitter=(0.4, 0.4))
+
+
+def test_tf_data_pipeline():
+    import tensorflow as tf
+
+    x = _uint8_images(n=6)
+    recipes = [
+        (BYOLAugment(16, seed=0), [(3, 16, 16, 3)] * 2),
+        (DINOMultiCrop(16, 8, num_local_crops=1, seed=0), [(3, 16, 16, 3)] * 2 + [(3, 8, 8, 3)]),
+    ]
+    for augment, shapes in recipes:
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(3).map(augment)
+        batches = list(ds)
+        assert len(batches) == 2
+        for views in batches:
+            assert len(views) == len(shapes)
+            for view, shape in zip(views, shapes, strict=True):
+                assert isinstance(view, tf.Tensor)
+                _check_view(view.numpy(), shape)

@@ -1,0 +1,305 @@
+"""Vision Transformer backbone (DINO / DINOv2 layout)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl import backbones
+from keras_ssl.backbones import ViT, ViTBase, ViTSmall, ViTTiny
+from keras_ssl.backbones.vit import (
+    ViTPositionEmbedding,
+    bicubic_matrix,
+    bicubic_matrix_dynamic,
+    interpolate_grid,
+)
+
+TINY = dict(patch_size=4, hidden_dim=32, depth=2, num_heads=2, pretrain_image_size=32)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _images(n=2, h=32, w=32, c=3, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, h, w, c)).astype("float32")
+
+
+# --- independent NumPy reference of torch's bicubic (a=-0.75, align_corners=False) ---
+
+
+def _keys_kernel(x, a=-0.75):
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
+    if x < 2:
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+    return 0.0
+
+
+def _reference_resize_1d(values, out_size, scale_factor):
+    """Resize along axis 0 with the cubic-convolution formula, clamped borders."""
+    in_size = values.shape[0]
+    out = np.zeros((out_size,) + values.shape[1:])
+    for i in range(out_size):
+        src = (i + 0.5) / scale_factor - 0.5
+        left = math.floor(src)
+        for k in range(left - 1, left + 3):
+            out[i] += _keys_kernel(src - k) * values[min(max(k, 0), in_size - 1)]
+    return out
+
+
+def _reference_resize(grid, out_h, out_w, offset):
+    """``grid`` (H, W, D) -> (out_h, out_w, D); scale factors from DINO's offset form."""
+    in_h, in_w = grid.shape[:2]
+    sh = (out_h + offset) / in_h if offset else out_h / in_h
+    sw = (out_w + offset) / in_w if offset else out_w / in_w
+    rows = _reference_resize_1d(grid, out_h, sh)
+    return np.swapaxes(_reference_resize_1d(np.swapaxes(rows, 0, 1), out_w, sw), 0, 1)
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.0])
+def test_bicubic_matches_numpy_reference(offset):
+    grid = np.random.default_rng(0).normal(size=(8, 8, 5))
+    for out_h, out_w in [(3, 5), (8, 12), (14, 14), (6, 2)]:
+        expected = _reference_resize(grid, out_h, out_w, offset)
+        got = _np(interpolate_grid(keras.ops.convert_to_tensor(grid, "float32"), (out_h, out_w),
+                                   offset=offset))  # fmt: skip
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bicubic_matrix(8, 5, offset).sum(axis=1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("offset", [0.1, 0.0])
+def test_bicubic_matches_torch(offset, antialias):
+    torch = pytest.importorskip("torch")
+    grid = np.random.default_rng(1).normal(size=(1, 14, 14, 6)).astype("float32")
+    source = torch.from_numpy(grid).permute(0, 3, 1, 2)
+    for out_h, out_w in [(14, 14), (6, 6), (20, 9), (3, 37)]:
+        kwargs = {"size": (out_h, out_w)}
+        if offset:
+            kwargs = {"scale_factor": ((out_h + offset) / 14, (out_w + offset) / 14)}
+        expected = torch.nn.functional.interpolate(
+            source, mode="bicubic", align_corners=False, antialias=antialias, **kwargs
+        )
+        expected = expected.permute(0, 2, 3, 1).numpy()
+        assert expected.shape == (1, out_h, out_w, 6)
+        got = _np(interpolate_grid(grid, (out_h, out_w), offset=offset, antialias=antialias))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_position_embedding_interpolation_in_model():
+    torch = pytest.importorskip("torch")
+    layer = ViTPositionEmbedding(8, 32)  # the model's ``pos_embed`` layer
+    layer.build()
+    pos = _np(layer.embeddings)
+    # Same grid: the stored embeddings, untouched.
+    np.testing.assert_array_equal(_np(layer.interpolated(8, 8)), pos)
+    patch = torch.from_numpy(pos[:, 1:].reshape(1, 8, 8, 32)).permute(0, 3, 1, 2)
+    # DINO: scale_factor=((h0 + 0.1) / sqrt(N), (w0 + 0.1) / sqrt(N)), bicubic.
+    expected = torch.nn.functional.interpolate(
+        patch, scale_factor=(5.1 / 8, 3.1 / 8), mode="bicubic", align_corners=False
+    )
+    expected = expected.permute(0, 2, 3, 1).reshape(1, 15, 32).numpy()
+    got = _np(layer.interpolated(5, 3))
+    np.testing.assert_array_equal(got[:, :1], pos[:, :1])
+    np.testing.assert_allclose(got[:, 1:], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_interpolation_matches_static():
+    # The in-graph path, used only by TensorFlow graphs traced with unknown image size
+    # (JAX and torch always see static shapes; JAX's eager op compilation is slow here).
+    if keras.backend.backend() == "jax":
+        pytest.skip("in-graph interpolation path is TensorFlow-only")
+    for offset, antialias in [(0.1, False), (0.0, False), (0.1, True), (0.0, True)]:
+        for in_size, out_size in [(8, 8), (8, 3), (8, 13)]:
+            size = keras.ops.convert_to_tensor(out_size, "int32")
+            got = _np(bicubic_matrix_dynamic(in_size, size, offset, antialias))
+            expected = bicubic_matrix(in_size, out_size, offset, antialias)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    layer = ViTPositionEmbedding(8, 16)
+    layer.build()
+    for h, w in [(8, 8), (5, 11)]:
+        dynamic = layer.interpolated_dynamic(
+            keras.ops.convert_to_tensor(h, "int32"), keras.ops.convert_to_tensor(w, "int32")
+        )
+        np.testing.assert_allclose(
+            _np(dynamic), _np(layer.interpolated(h, w)), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_outputs_any_size():
+    model = ViT(**TINY, num_register_tokens=3, layer_scale_init=0.5)
+    assert model.output_dim == 32 and model.patch_size == 4
+    x = _images(h=35, w=18)  # 8 x 4 patches, the pretrain grid is 8 x 8
+    features = model.forward_features(x)
+    assert tuple(features["cls"].shape) == (2, 32)
+    assert tuple(features["patches"].shape) == (2, 8 * 4, 32)
+    assert tuple(features["registers"].shape) == (2, 3, 32)
+    # Compiled at two sizes (TensorFlow retraces the second one with unknown H, W).
+    assert model.predict(_images(h=32, w=32), verbose=0).shape == (2, 32)
+    cls = model.predict(x, verbose=0)
+    np.testing.assert_allclose(cls, _np(features["cls"]), rtol=1e-4, atol=1e-5)
+
+
+def test_vit_small_16_geometry():
+    model = ViTSmall(patch_size=16, depth=1, output="tokens")
+    for size in (224, 96):  # global and local DINO crops (compiled: fast on every backend)
+        out = model.predict(_images(n=1, h=size, w=size), verbose=0)
+        grid = (size // 16) ** 2
+        assert tuple(out["cls"].shape) == (1, 384)
+        assert tuple(out["patches"].shape) == (1, grid, 384)
+        assert np.all(np.isfinite(_np(out["cls"]))) and np.all(np.isfinite(_np(out["patches"])))
+
+
+def test_last_self_attention():
+    model = ViT(**TINY, num_register_tokens=2)
+    attention = _np(model.get_last_self_attention(_images(h=16, w=20)))
+    tokens = 1 + 2 + 4 * 5
+    assert attention.shape == (2, 2, tokens, tokens)
+    assert np.all(attention >= 0)
+    np.testing.assert_allclose(attention.sum(axis=-1), 1.0, atol=1e-5)
+
+
+def test_masks_replace_exactly_the_masked_tokens():
+    model = ViT(**TINY)
+    mask_token = model.get_layer("mask_token")
+    rng = np.random.default_rng(3)
+    mask_token.token.assign(rng.normal(size=(1, 32)).astype("float32"))
+    x = _images(h=16, w=16)  # 4 x 4 patches
+    none = np.zeros((2, 16), bool)
+    plain = model.forward_features(x)
+    unmasked = model.forward_features(x, masks=none)
+    for key in plain:
+        np.testing.assert_array_equal(_np(plain[key]), _np(unmasked[key]))
+    # Fully masked: the image no longer matters, only the mask token does.
+    full = np.ones((2, 16), bool)
+    a = model.forward_features(x, masks=full)
+    b = model.forward_features(_images(h=16, w=16, seed=9), masks=full)
+    np.testing.assert_allclose(_np(a["patches"]), _np(b["patches"]), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(_np(a["patches"]), _np(plain["patches"]), atol=1e-3)
+    mask_token.token.assign(rng.normal(size=(1, 32)).astype("float32"))
+    c = model.forward_features(x, masks=full)
+    assert not np.allclose(_np(a["cls"]), _np(c["cls"]), atol=1e-3)
+    # Partial mask == an image whose masked patches embed to the mask token: with the
+    # mask token set to the patch-embedding bias, that is an image zeroed on those patches.
+    mask_token.token.assign(_np(model.get_layer("patch_embed").bias)[None])
+    masks = rng.uniform(size=(2, 16)) < 0.5
+    zeroed = x.copy()
+    for n, i in zip(*np.nonzero(masks), strict=True):
+        r, col = divmod(int(i), 4)
+        zeroed[n, 4 * r : 4 * r + 4, 4 * col : 4 * col + 4] = 0.0
+    masked = model.forward_features(x, masks=masks)
+    reference = model.forward_features(zeroed)
+    for key in ("cls", "patches"):
+        np.testing.assert_allclose(_np(masked[key]), _np(reference[key]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        ViT(**TINY, use_mask_token=False).forward_features(x, masks=masks)
+
+
+def test_registers_change_token_count_not_cls():
+    x = _images(h=16, w=16)
+    base = ViT(**TINY)
+    registers = ViT(**TINY, num_register_tokens=4, output="tokens")
+    out = registers(x)
+    assert tuple(base(x).shape) == tuple(out["cls"].shape) == (2, 32)
+    assert tuple(out["patches"].shape) == (2, 16, 32)
+    assert tuple(out["registers"].shape) == (2, 4, 32)
+    assert tuple(base.forward_features(x)["registers"].shape) == (2, 0, 32)
+    assert _np(base.get_last_self_attention(x)).shape[-1] == 17
+    assert _np(registers.get_last_self_attention(x)).shape[-1] == 21
+    # Registers have no position embedding: the table covers CLS + patches only.
+    assert tuple(registers.get_layer("pos_embed").embeddings.shape) == (1, 65, 32)
+    assert tuple(registers.get_layer("register_tokens").tokens.shape) == (1, 4, 32)
+
+
+def test_layer_scale_and_layer_names():
+    plain = ViT(**TINY)
+    scaled = ViT(**TINY, layer_scale_init=1e-5)
+    names = {layer.name for layer in scaled.layers}
+    expected = {"images", "patch_embed", "cls_token", "pos_embed", "mask_token", "norm"}
+    for i in range(2):
+        expected |= {
+            f"blocks_{i}_{part}"
+            for part in ["norm1", "attn_qkv", "attn_proj", "ls1", "norm2", "mlp_fc1",
+                         "mlp_fc2", "ls2"]
+        }  # fmt: skip
+    assert expected <= names
+    assert not any("_ls" in layer.name for layer in plain.layers)
+    np.testing.assert_allclose(_np(scaled.get_layer("blocks_1_ls2").gamma), np.full(32, 1e-5))
+    assert scaled.count_params() - plain.count_params() == 2 * 2 * 32
+    assert scaled.get_layer("blocks_0_norm1").epsilon == 1e-6
+    qkv = scaled.get_layer("blocks_0_attn_qkv")
+    assert tuple(qkv.kernel.shape) == (32, 96) and qkv.use_bias
+    assert tuple(scaled.get_layer("patch_embed").kernel.shape) == (4, 4, 3, 32)
+
+
+def test_exact_gelu():
+    from keras_ssl.backbones.vit import ExactGELU
+
+    x = np.linspace(-4, 4, 17).astype("float32")
+    expected = 0.5 * x * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
+    np.testing.assert_allclose(_np(ExactGELU()(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_counts_match_timm_dino():
+    # timm vit_small_patch16_224 / vit_base_patch16_224 without head = official DINO
+    # ViT-S/16 and ViT-B/16 backbones (no mask token); the default mask token adds D.
+    small = backbones.get("vit_small", use_mask_token=False)
+    assert isinstance(small, ViT) and small.patch_size == 16 and small.depth == 12
+    assert small.count_params() == 21_665_664
+    assert small.output_dim == 384
+    # ViT-B/16: blocks are identical, so depth 12 = depth 1 + 11 blocks (a full build of
+    # 86M parameters is too slow for the CPU test budget).
+    one, two = (backbones.get("vit_base", depth=d, use_mask_token=False) for d in (1, 2))
+    assert one.count_params() + 11 * (two.count_params() - one.count_params()) == 85_798_656
+    assert one.output_dim == 768 and one.num_heads == 12
+
+
+def test_mask_token_parameters_and_registry():
+    assert ViT(**TINY).count_params() - ViT(**TINY, use_mask_token=False).count_params() == 32
+    tiny = backbones.get("ViT-Tiny", depth=1, patch_size=32)
+    assert isinstance(tiny, ViT) and (tiny.output_dim, tiny.num_heads) == (192, 3)
+    assert tiny.patch_size == 32
+    assert {"vit_tiny", "vit_small", "vit_base", "resnet18"} <= set(backbones.names())
+    assert ViTTiny is backbones.ViTTiny and ViTBase is backbones.ViTBase
+
+
+def test_invalid_arguments():
+    for kwargs in [{"output": "mean"}, {"num_heads": 5}, {"pretrain_image_size": 2}]:
+        with pytest.raises(ValueError):
+            ViT(**{**TINY, **kwargs})
+
+
+def _perturb(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(0, 0.2, variable.shape).astype("float32"))
+
+
+def test_config_round_trip():
+    model = ViT(**TINY, num_register_tokens=2, layer_scale_init=0.1, output="tokens")
+    _perturb(model)
+    config = model.get_config()
+    clone = ViT.from_config(config)
+    assert clone.get_config() == config
+    for target, source in zip(clone.weights, model.weights, strict=True):
+        target.assign(keras.ops.convert_to_tensor(source))
+    x = _images(h=20, w=24)
+    for key, value in model(x).items():
+        np.testing.assert_allclose(_np(clone(x)[key]), _np(value), rtol=1e-5, atol=1e-5)
+
+
+# Keras' own jax saving path trips a NumPy 2 ``__array__`` DeprecationWarning.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras_save_load(tmp_path):
+    model = ViT(**TINY, num_register_tokens=1, layer_scale_init=0.1, interpolation_offset=0.0)
+    _perturb(model)
+    path = str(tmp_path / "vit.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, ViT)
+    assert restored.get_config() == model.get_config()
+    for x in [_images(h=32, w=32), _images(h=12, w=20)]:
+        np.testing.assert_allclose(_np(restored(x)), _np(model(x)), rtol=1e-5, atol=1e-5)

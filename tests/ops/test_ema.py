@@ -1,0 +1,83 @@
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ssl.ops import cosine_schedule, ema_update
+
+
+def _no_grad():
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def _pairs(rng):
+    shapes = [(3, 2), (4,), ()]
+    teacher = [rng.normal(size=s).astype("float32") for s in shapes]
+    student = [rng.normal(size=s).astype("float32") for s in shapes]
+    return teacher, student
+
+
+def test_one_update_closed_form():
+    rng = np.random.default_rng(0)
+    teacher0, student0 = _pairs(rng)
+    teacher = [keras.Variable(t) for t in teacher0]
+    student = [keras.Variable(s) for s in student0]
+    ema_update(teacher, student, momentum=0.99)
+    for var, t, s in zip(teacher, teacher0, student0, strict=True):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(var), 0.99 * t + 0.01 * s, rtol=1e-6, atol=1e-7
+        )
+    # The students are untouched.
+    for var, s in zip(student, student0, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(var), s)
+
+
+@pytest.mark.parametrize("momentum", [0.5, 0.9])
+def test_several_updates_are_a_power_mixture(momentum):
+    rng = np.random.default_rng(1)
+    teacher0, student0 = _pairs(rng)
+    teacher = [keras.Variable(t) for t in teacher0]
+    with _no_grad():
+        for _ in range(5):
+            # Students may be plain tensors as well as variables.
+            ema_update(teacher, [ops.convert_to_tensor(s) for s in student0], momentum)
+    m5 = momentum**5
+    for var, t, s in zip(teacher, teacher0, student0, strict=True):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(var), m5 * t + (1 - m5) * s, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_tensor_momentum_from_a_schedule():
+    teacher = keras.Variable(np.zeros((2,), "float32"))
+    student = keras.Variable(np.ones((2,), "float32"))
+    step = keras.Variable(50, dtype="int64", trainable=False)
+    momentum = cosine_schedule(step, 100, 0.996, 1.0)  # 0.998
+    ema_update([teacher], [student], momentum)
+    np.testing.assert_allclose(ops.convert_to_numpy(teacher), [0.002, 0.002], rtol=1e-4)
+
+
+def test_inside_a_stateless_scope():
+    teacher = keras.Variable(np.full((3,), 2.0, "float32"))
+    student = keras.Variable(np.zeros((3,), "float32"))
+    with keras.StatelessScope() as scope:
+        ema_update([teacher], [student], 0.75)
+        ema_update([teacher], [student], 0.75)
+        inside = ops.convert_to_numpy(scope.get_current_value(teacher))
+    np.testing.assert_allclose(inside, 2.0 * 0.75**2 * np.ones(3), rtol=1e-6)
+    # Stateless: the variable itself keeps its value.
+    np.testing.assert_array_equal(ops.convert_to_numpy(teacher), np.full((3,), 2.0))
+
+
+def test_rejects_mismatches():
+    a = keras.Variable(np.zeros((2,), "float32"))
+    with pytest.raises(ValueError, match="as many"):
+        ema_update([a], [a, a], 0.9)
+    with pytest.raises(ValueError, match="shape"):
+        ema_update([a], [np.zeros((3,), "float32")], 0.9)

@@ -1,0 +1,79 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ssl.ops import cosine_schedule, linear_schedule, linear_warmup_cosine
+
+
+def _value(x):
+    assert keras.backend.standardize_dtype(x.dtype) == "float32"
+    return float(ops.convert_to_numpy(x))
+
+
+def test_cosine_schedule():
+    cases = [
+        (0, 0.996),
+        (25, 1.0 - 0.004 * (1 + math.cos(math.pi / 4)) / 2),
+        (50, 0.998),
+        (100, 1.0),
+        (250, 1.0),
+    ]
+    for step, expected in cases:
+        got = _value(cosine_schedule(step, 100, 0.996, 1.0))
+        np.testing.assert_allclose(got, expected, rtol=1e-7, err_msg=f"step {step}")
+
+
+def test_cosine_schedule_decreasing_and_tensor_steps():
+    # DINO's weight decay 0.04 -> 0.4 and a decreasing learning rate, with an int64 step variable.
+    step = keras.Variable(30, dtype="int64", trainable=False)
+    np.testing.assert_allclose(
+        _value(cosine_schedule(step, 40, 0.04, 0.4)),
+        0.4 - 0.36 * (1 + math.cos(math.pi * 0.75)) / 2,
+        rtol=1e-6,
+    )
+    step.assign(60)
+    np.testing.assert_allclose(_value(cosine_schedule(step, 40, 0.04, 0.4)), 0.4, rtol=1e-7)
+    np.testing.assert_allclose(
+        _value(cosine_schedule(ops.convert_to_tensor(5), 10, 1.0, 0.0)), 0.5, atol=1e-7
+    )
+
+
+def test_linear_schedule():
+    for step, expected in [(0, 0.04), (10, 0.05), (15, 0.055), (30, 0.07), (1000, 0.07)]:
+        got = _value(linear_schedule(step, 30, 0.04, 0.07))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_linear_warmup_cosine():
+    cases = [
+        (0, 0.1),
+        (5, 0.1 + 0.9 * 0.5),
+        (10, 1.0),
+        (35, 0.01 + 0.99 * (1 + math.cos(math.pi * 0.25)) / 2),
+        (60, (1.0 + 0.01) / 2),
+        (110, 0.01),
+        (500, 0.01),
+    ]
+    for step, expected in cases:
+        got = _value(linear_warmup_cosine(step, 10, 110, 1.0, 0.01, warmup_start=0.1))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_linear_warmup_cosine_without_warmup_is_cosine():
+    for step in (0, 7, 20, 30):
+        np.testing.assert_allclose(
+            _value(linear_warmup_cosine(step, 0, 20, 0.5, 0.0)),
+            _value(cosine_schedule(step, 20, 0.5, 0.0)),
+            rtol=1e-6,
+            atol=1e-8,
+        )
+
+
+def test_rejects_bad_lengths():
+    with pytest.raises(ValueError, match="total_steps"):
+        cosine_schedule(0, 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="larger"):
+        linear_warmup_cosine(0, 10, 10, 1.0, 0.0)

@@ -1,0 +1,79 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ssl.ops import sinkhorn_knopp
+
+
+def _reference_sinkhorn(logits, temperature, iterations):
+    """SwAV Algorithm 1 / DINOv2's sinkhorn_knopp_teacher, in float64."""
+    q = np.exp(logits.astype(np.float64) / temperature).T  # (K, B)
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= k
+        q /= q.sum(axis=0, keepdims=True)
+        q /= b
+    return (q * b).T
+
+
+@pytest.mark.parametrize("b,k,temperature", [(4, 3, 0.05), (6, 10, 0.1), (16, 5, 0.5)])
+def test_equals_reference(b, k, temperature):
+    rng = np.random.default_rng(b * k)
+    logits = rng.uniform(-1, 1, size=(b, k)).astype("float32")
+    got = ops.convert_to_numpy(sinkhorn_knopp(logits, temperature, num_iterations=3))
+    assert got.shape == (b, k)
+    np.testing.assert_allclose(
+        got, _reference_sinkhorn(logits, temperature, 3), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_marginals_converge():
+    rng = np.random.default_rng(0)
+    b, k = 12, 4
+    logits = rng.normal(size=(b, k)).astype("float32")
+    q = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.5, num_iterations=50))
+    np.testing.assert_allclose(q.sum(axis=1), np.ones(b), atol=1e-5)
+    np.testing.assert_allclose(q.sum(axis=0), np.full(k, b / k), atol=1e-3)
+    # Three iterations leave the prototype marginals visibly off: the test above can fail.
+    q3 = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.5, num_iterations=3))
+    assert np.abs(q3.sum(axis=0) - b / k).max() > 1e-3
+
+
+def test_large_logits_stay_finite():
+    logits = np.array([[10.0, -10.0, 0.0], [9.0, 0.0, 10.0], [0.0, 10.0, 1.0]], "float32")
+    q = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.01))  # exp(1000) without the shift
+    assert np.all(np.isfinite(q))
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-5)
+    shifted = logits - logits.max()
+    np.testing.assert_allclose(q, _reference_sinkhorn(shifted, 0.01, 3), rtol=1e-4, atol=1e-6)
+
+
+def test_reduce_sum_hook_matches_a_global_batch():
+    # Two identical replicas: every global sum is twice the local one, so each replica's
+    # result must equal its rows of the Sinkhorn-Knopp of the concatenated batch.
+    rng = np.random.default_rng(1)
+    logits = rng.uniform(-1, 1, size=(5, 7)).astype("float32")
+    calls = []
+
+    def all_reduce(x):
+        calls.append(tuple(x.shape))
+        return 2.0 * x
+
+    local = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.1, reduce_sum=all_reduce))
+    both = ops.convert_to_numpy(sinkhorn_knopp(np.concatenate([logits, logits]), 0.1))
+    np.testing.assert_allclose(local, both[:5], rtol=1e-5, atol=1e-7)
+    assert (7, 1) in calls and () in calls
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_computes_in_float32(dtype):
+    logits = ops.cast(np.random.default_rng(2).uniform(-1, 1, (6, 4)).astype("float32"), dtype)
+    q = sinkhorn_knopp(logits, 0.1)
+    assert keras.backend.standardize_dtype(q.dtype) == "float32"
+    rounded = ops.convert_to_numpy(ops.cast(logits, "float32"))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(q), _reference_sinkhorn(rounded, 0.1, 3), rtol=1e-4, atol=1e-6
+    )
