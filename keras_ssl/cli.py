@@ -12,7 +12,46 @@ import platform
 import sys
 import time
 
-METHODS = ("simclr",)
+# The demo recipe of each method for small images (28-96 px) on a CPU: the paper's method
+# and augmentation family, widths and schedules scaled down. `lr` is AdamW's peak rate.
+DEMO_RECIPES = {
+    "simclr": dict(
+        method="SimCLR",
+        augment="SimCLRAugment",
+        augment_options=dict(crop_scale=(0.2, 1.0)),
+        options=dict(temperature=0.5),
+        lr=2e-3,
+    ),
+    "mocov2": dict(
+        method="MoCoV2",
+        augment="MoCoV2Augment",
+        augment_options={},
+        options=dict(queue_size=4096, temperature=0.2, momentum=0.99),
+        lr=2e-3,
+    ),
+    "byol": dict(
+        method="BYOL",
+        augment="BYOLAugment",
+        augment_options=dict(crop_scale=(0.2, 1.0)),
+        options=dict(hidden_dim=1024, projection_dim=128, momentum=0.99),
+        lr=2e-3,
+    ),
+    "dino": dict(
+        method="DINO",
+        augment="DINOMultiCrop",
+        augment_options=dict(num_local_crops=4),
+        options=dict(
+            output_dim=4096,
+            hidden_dim=512,
+            bottleneck_dim=128,
+            use_bn_in_head=True,
+            warmup_teacher_temperature_epochs=5,
+            momentum=0.99,
+        ),
+        lr=1e-3,
+    ),
+}
+METHODS = tuple(DEMO_RECIPES)
 
 
 def _parser():
@@ -49,6 +88,9 @@ def _parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress bar: 0, 1 or 2")
+    p.add_argument(
+        "--limit", type=int, default=None, help="use only the first N Fashion-MNIST images"
+    )
     return parser
 
 
@@ -63,24 +105,19 @@ def _switch_backend(backend, argv):
 
 
 def _load_images(args):
-    """Returns (train images, train labels or None, test images or None, test labels or None)."""
+    """(train images, train labels, test images, test labels); labels are None if unknown."""
     import numpy as np
 
     if args.image_folder:
         from keras_ssl.data import image_folder
 
-        folder = (
-            image_folder(
-                args.image_folder, args.image_size, batch_size=256, labels=True, shuffle=False
-            )
-            if _has_class_folders(args.image_folder)
-            else None
+        labelled = any(entry.is_dir() for entry in os.scandir(args.image_folder))
+        data = image_folder(
+            args.image_folder, args.image_size, batch_size=256, labels=labelled, shuffle=False
         )
-        if folder is None:
-            data = image_folder(args.image_folder, args.image_size, batch_size=256, shuffle=False)
-            images = np.concatenate([data[i] for i in range(len(data))])
-            return images, None, None, None
-        batches = [folder[i] for i in range(len(folder))]
+        batches = [data[i] for i in range(len(data))]
+        if not labelled:
+            return np.concatenate(batches), None, None, None
         images = np.concatenate([b[0] for b in batches])
         labels = np.concatenate([b[1] for b in batches])
         order = np.random.default_rng(args.seed).permutation(len(images))
@@ -91,21 +128,25 @@ def _load_images(args):
     from keras_ssl.datasets import fashion_mnist
 
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data(source=args.data)
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+        x_test, y_test = x_test[: args.limit // 4], y_test[: args.limit // 4]
     return x_train[..., None], y_train, x_test[..., None], y_test
 
 
-def _has_class_folders(path):
-    return any(entry.is_dir() for entry in os.scandir(path))
+def _pixels(images):
+    flat = images.reshape(len(images), -1).astype("float32")
+    return flat / 255.0 if images.dtype == "uint8" else flat
 
 
-def _evaluate(backbone_features, raw_train, raw_test, y_train, y_test, seed):
+def _evaluate(train_features, y_train, test_features, y_test, seed):
     from keras_ssl.eval import knn_accuracy, linear_probe
 
-    knn = knn_accuracy(*backbone_features[:1], y_train, backbone_features[1], y_test)
+    knn = knn_accuracy(train_features, y_train, test_features, y_test, k=20, temperature=0.07)
     probe = linear_probe(
-        backbone_features[0],
+        train_features,
         y_train,
-        backbone_features[1],
+        test_features,
         y_test,
         epochs=30,
         batch_size=256,
@@ -142,19 +183,26 @@ def pretrain(args):
     def make_backbone():
         return keras_ssl.backbones.get(args.backbone, input_channels=channels)
 
-    augmenter = keras_ssl.augment.SimCLRAugment.small_images(
-        args.image_size, crop_scale=(0.2, 1.0), seed=args.seed
+    recipe = DEMO_RECIPES[args.method]
+    augment_class = getattr(keras_ssl.augment, recipe["augment"])
+    augmenter = augment_class.small_images(
+        args.image_size, seed=args.seed, **recipe["augment_options"]
     )
-    model = keras_ssl.SimCLR(make_backbone(), augmenter=augmenter, temperature=0.5)
+    method_class = getattr(keras_ssl, recipe["method"])
+    model = method_class(make_backbone(), augmenter=augmenter, **recipe["options"])
     steps = args.epochs * (len(x_train) // args.batch_size)
-    learning_rate = args.learning_rate or 2e-3
+    learning_rate = args.learning_rate or recipe["lr"]
     schedule = keras.optimizers.schedules.CosineDecay(
         learning_rate * 0.1,
         decay_steps=max(1, steps),
         warmup_target=learning_rate,
         warmup_steps=max(1, steps // 10),
     )
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4))
+    # DINO schedules its own weight decay; the others take AdamW's.
+    weight_decay = 0.0 if args.method == "dino" else 1e-4
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, clipnorm=3.0)
+    )
     random_backbone = make_backbone()  # same architecture, never trained: the baseline
     random_backbone.set_weights(model.backbone.get_weights())
 
@@ -185,17 +233,15 @@ def pretrain(args):
 
     if y_train is not None and not args.no_eval:
         rows = {}
-        flat_train = x_train.reshape(len(x_train), -1).astype("float32") / 255.0
-        flat_test = x_test.reshape(len(x_test), -1).astype("float32") / 255.0
         candidates = {
             f"{args.method} (self-supervised)": model.backbone,
             "random init (same backbone)": random_backbone,
         }
         for name, backbone in candidates.items():
             features = (extract_features(backbone, x_train), extract_features(backbone, x_test))
-            rows[name] = _evaluate(features, None, None, y_train, y_test, args.seed)
+            rows[name] = _evaluate(features[0], y_train, features[1], y_test, args.seed)
         rows["raw pixels"] = _evaluate(
-            (flat_train, flat_test), None, None, y_train, y_test, args.seed
+            _pixels(x_train), y_train, _pixels(x_test), y_test, args.seed
         )
         report["results"] = rows
         ssl_row = rows[f"{args.method} (self-supervised)"]

@@ -1,7 +1,8 @@
 """One file a method, each a `ContrastiveTrainer` subclass."""
 
 from keras_ssl.methods.byol import BYOL
+from keras_ssl.methods.dino import DINO
 from keras_ssl.methods.moco import MoCoV2
 from keras_ssl.methods.simclr import SimCLR
 
-__all__ = ["BYOL", "MoCoV2", "SimCLR"]
+__all__ = ["BYOL", "DINO", "MoCoV2", "SimCLR"]

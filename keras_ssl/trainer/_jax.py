@@ -47,6 +47,8 @@ class BackendStep:
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, (loss, logs, non_trainable)), gradients = grad_fn(trainable, non_trainable)
+        pairs = self._stateless_pairs(trainable, non_trainable, optimizer_variables)
+        gradients, _ = _run_stateless(lambda: self.transform_gradients(gradients), pairs)
         trainable, optimizer_variables = self.optimizer.stateless_apply(
             optimizer_variables, gradients, trainable
         )

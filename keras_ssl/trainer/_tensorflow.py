@@ -9,7 +9,7 @@ class BackendStep:
             loss, logs = self._forward_and_loss(data, training=True)
             scaled_loss = self.optimizer.scale_loss(loss)
         trainable = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, trainable)
+        gradients = self.transform_gradients(tape.gradient(scaled_loss, trainable))
         self.optimizer.apply(gradients, trainable)
         self.after_optimizer_step()
         return self._update_trackers(loss, logs)

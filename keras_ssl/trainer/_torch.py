@@ -9,7 +9,7 @@ class BackendStep:
         loss, logs = self._forward_and_loss(data, training=True)
         self.optimizer.scale_loss(loss).backward()
         trainable = self.trainable_variables
-        gradients = [v.value.grad for v in trainable]
+        gradients = self.transform_gradients([v.value.grad for v in trainable])
         with torch.no_grad():
             self.optimizer.apply(gradients, trainable)
             self.after_optimizer_step()

@@ -95,6 +95,9 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         self.total_steps = self.add_weight(
             name="total_steps", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
+        self.steps_per_epoch = self.add_weight(
+            name="steps_per_epoch", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
         self._trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", *self.metric_names)
         }
@@ -112,6 +115,13 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
     def after_optimizer_step(self):
         """Updates non-gradient state after each optimizer step (EMA teachers). Default: none."""
+
+    def transform_gradients(self, gradients):
+        """Gradients of `trainable_variables`, in order, before the optimizer sees them.
+
+        Default: unchanged. DINO zeroes its last layer's gradients in the first epoch.
+        """
+        return gradients
 
     def make_teacher(self, network, input_shape=None, name=None):
         """A frozen copy of `network` (same architecture and weights) for EMA teachers.
@@ -173,6 +183,12 @@ class ContrastiveTrainer(BackendStep, keras.Model):
     def schedule_length(self):
         """Total steps of the run (`fit`'s epochs x steps per epoch), at least 1."""
         return ops.maximum(self.total_steps, 1)
+
+    def epochs_to_steps(self, epochs):
+        """`epochs` of the current run in optimizer steps (float32), for epoch-based schedules."""
+        return ops.cast(epochs, "float32") * ops.cast(
+            ops.maximum(self.steps_per_epoch, 1), "float32"
+        )
 
     def fit(self, *args, callbacks=None, **kwargs):
         callbacks = [*(callbacks or []), _RecordTotalSteps()]
@@ -327,9 +343,10 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
 
 class _RecordTotalSteps(keras.callbacks.Callback):
-    """Stores `epochs x steps per epoch` of the current `fit` in `model.total_steps`."""
+    """Stores the run's length (`epochs x steps`) and its steps per epoch in the model."""
 
     def on_train_begin(self, logs=None):
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         if steps and epochs:
             self.model.total_steps.assign(int(steps) * int(epochs))
+            self.model.steps_per_epoch.assign(int(steps))

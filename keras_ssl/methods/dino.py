@@ -1,0 +1,227 @@
+"""DINO (Caron et al. 2021)."""
+
+import warnings
+
+import keras
+from keras import ops
+
+from keras_ssl.layers.dino_head import DINOHead
+from keras_ssl.ops.dino import dino_center_update, dino_loss
+from keras_ssl.ops.schedules import cosine_schedule, linear_schedule
+from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class DINO(ContrastiveTrainer):
+    """DINO: "Emerging Properties in Self-Supervised Vision Transformers" (Caron et al.,
+    ICCV 2021), self-distillation with no labels.
+
+    The student (backbone + `DINOHead`) sees every view of a multi-crop batch (two global
+    crops, then local crops; `keras_ssl.augment.DINOMultiCrop`), the teacher only the two
+    global ones. The loss (eq. 1, `keras_ssl.ops.dino_loss`) is the cross-entropy between
+    the teacher's centred, sharpened distribution `softmax((g_t(x) - c) / tau_t)` and the
+    student's `softmax(g_s(x') / tau_s)` over all pairs of different views. After each
+    step:
+
+    - the centre follows `c <- m_c c + (1 - m_c) mean(g_t(x))` (`m_c` = 0.9);
+    - the teacher is the EMA of the student, `theta_t <- l theta_t + (1 - l) theta_s`,
+      `l` cosine from 0.996 to 1 over the run;
+    - `tau_t` warms up linearly from 0.04 to 0.07 over the first 30 epochs (`tau_s` = 0.1);
+    - the student's weights (not biases and norms) decay with a rate cosine from 0.04 to
+      0.4 over the run (decoupled, `w <- w - lr wd w`): compile with an optimizer without
+      weight decay of its own, e.g. `keras.optimizers.AdamW(lr, weight_decay=0.0,
+      clipnorm=3.0)` (DINO clips each parameter's gradient norm at 3.0);
+    - the head's last layer gets no update in the first epoch.
+
+    Views of one size go through the backbone in one call (DINO's multi-crop forward).
+    Works with ResNets and with `keras_ssl.backbones.ViT` (whose position embeddings are
+    interpolated for every crop size).
+
+    Args:
+        backbone: the encoder, images -> features.
+        augmenter: a multi-crop augmentation (global views first); `None` for views made
+            by the data pipeline.
+        output_dim: `K`, the head's output width (65536).
+        hidden_dim, bottleneck_dim: head widths (2048, 256).
+        norm_last_layer: weight-normalised last layer with its norm frozen (True; False
+            helps ViT-B stability in the paper).
+        use_bn_in_head: batch norm in the head's MLP (False for ViT, True for ResNet in
+            the official code).
+        student_temperature: `tau_s` (0.1).
+        warmup_teacher_temperature, teacher_temperature: `tau_t` at step 0 and after the
+            warm-up (0.04 -> 0.07).
+        warmup_teacher_temperature_epochs: length of the warm-up (30).
+        center_momentum: `m_c` (0.9).
+        momentum, final_momentum: teacher EMA momentum at the start and end (0.996 -> 1).
+        weight_decay, final_weight_decay: decoupled weight decay at the start and end of the
+            run (0.04 -> 0.4); 0 and 0 to leave weight decay to the optimizer.
+        freeze_last_layer_epochs: epochs during which the last layer is not updated (1).
+
+    Example:
+
+    ```python
+    import keras, keras_ssl
+    model = keras_ssl.DINO(
+        keras_ssl.backbones.ViT(patch_size=4, hidden_dim=64, depth=2, num_heads=2,
+                                input_channels=1, pretrain_image_size=28),
+        augmenter=keras_ssl.augment.DINOMultiCrop.small_images(28, num_local_crops=2),
+        output_dim=1024, hidden_dim=256, bottleneck_dim=64,
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(5e-4, weight_decay=0.0, clipnorm=3.0))
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        augmenter=None,
+        output_dim=65536,
+        hidden_dim=2048,
+        bottleneck_dim=256,
+        norm_last_layer=True,
+        use_bn_in_head=False,
+        student_temperature=0.1,
+        warmup_teacher_temperature=0.04,
+        teacher_temperature=0.07,
+        warmup_teacher_temperature_epochs=30,
+        center_momentum=0.9,
+        momentum=0.996,
+        final_momentum=1.0,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        freeze_last_layer_epochs=1,
+        **kwargs,
+    ):
+        super().__init__(backbone=backbone, augmenter=augmenter, **kwargs)
+        self.output_dim = output_dim
+        self.hidden_dim = hidden_dim
+        self.bottleneck_dim = bottleneck_dim
+        self.norm_last_layer = norm_last_layer
+        self.use_bn_in_head = use_bn_in_head
+        self.student_temperature = student_temperature
+        self.warmup_teacher_temperature = warmup_teacher_temperature
+        self.teacher_temperature = teacher_temperature
+        self.warmup_teacher_temperature_epochs = warmup_teacher_temperature_epochs
+        self.center_momentum = center_momentum
+        self.momentum = momentum
+        self.final_momentum = final_momentum
+        self.weight_decay = weight_decay
+        self.final_weight_decay = final_weight_decay
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.head = DINOHead(
+            output_dim=output_dim,
+            hidden_dim=hidden_dim,
+            bottleneck_dim=bottleneck_dim,
+            use_bn=use_bn_in_head,
+            norm_last_layer=norm_last_layer,
+            name="head",
+        )
+        self.head.build((None, self.feature_dim))
+        self.teacher_backbone = self.make_teacher(backbone)
+        self.teacher_head = self.make_teacher(self.head, (None, self.feature_dim))
+        self.center = self.add_weight(
+            name="center", shape=(1, output_dim), initializer="zeros", trainable=False
+        )
+
+    # ---- schedules, all driven by the optimizer's step counter ---------------------------
+    def current_teacher_temperature(self):
+        """`tau_t` of the current step: linear warm-up, then constant."""
+        return linear_schedule(
+            self.optimizer.iterations,
+            ops.maximum(self.epochs_to_steps(self.warmup_teacher_temperature_epochs), 1.0),
+            self.warmup_teacher_temperature,
+            self.teacher_temperature,
+        )
+
+    def teacher_momentum(self):
+        """EMA momentum of the step just taken (cosine to `final_momentum`)."""
+        return cosine_schedule(
+            self.schedule_step(), self.schedule_length(), self.momentum, self.final_momentum
+        )
+
+    def current_weight_decay(self):
+        """Decoupled weight decay of the step just taken (cosine to `final_weight_decay`)."""
+        return cosine_schedule(
+            self.schedule_step(),
+            self.schedule_length(),
+            self.weight_decay,
+            self.final_weight_decay,
+        )
+
+    # ---- the step ------------------------------------------------------------------------
+    def compute_ssl_loss(self, views, training=True):
+        if len(views) < 2:
+            raise ValueError(
+                f"DINO takes 2 global views (then local ones) per image, got {len(views)}."
+            )
+        features = self.encode_views(self.backbone, views, training=training)
+        logits = self.head(ops.concatenate(features, axis=0), training=training)
+        student_logits = ops.split(logits, len(views), axis=0)
+        teacher_features = self.encode_views(self.teacher_backbone, views[:2], training=training)
+        teacher_logits = self.teacher_head(ops.concatenate(teacher_features, axis=0))
+        teacher_logits = ops.split(ops.stop_gradient(teacher_logits), 2, axis=0)
+        loss = dino_loss(
+            list(student_logits),
+            list(teacher_logits),
+            self.center,
+            student_temperature=self.student_temperature,
+            teacher_temperature=self.current_teacher_temperature(),
+        )
+        if training:
+            self.center.assign(
+                dino_center_update(self.center, list(teacher_logits), self.center_momentum)
+            )
+        return loss, {}
+
+    def transform_gradients(self, gradients):
+        frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
+            self.freeze_last_layer_epochs
+        )
+        last_layer = {id(v) for v in self.head.last_layer_variables}
+        return [
+            ops.where(frozen, ops.zeros_like(g), g) if g is not None and id(v) in last_layer else g
+            for g, v in zip(gradients, self.trainable_variables, strict=True)
+        ]
+
+    def after_optimizer_step(self):
+        if self.weight_decay or self.final_weight_decay:
+            if getattr(self.optimizer, "weight_decay", None):
+                warnings.warn(
+                    "DINO applies its own weight-decay schedule, and the optimizer decays the "
+                    f"weights too (weight_decay={self.optimizer.weight_decay}). Compile with "
+                    "weight_decay=0.0, or build DINO with weight_decay=0, final_weight_decay=0.",
+                    stacklevel=2,
+                )
+            rate = ops.cast(self.optimizer.learning_rate, "float32") * self.current_weight_decay()
+            for variable in self.backbone.trainable_weights + self.head.trainable_weights:
+                if len(variable.shape) > 1:  # not biases and norms, as the paper
+                    variable.assign(variable * ops.cast(1.0 - rate, variable.dtype))
+        momentum = self.teacher_momentum()
+        self.update_teacher(self.teacher_backbone, self.backbone, momentum)
+        self.update_teacher(self.teacher_head, self.head, momentum)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                name: getattr(self, name)
+                for name in (
+                    "output_dim",
+                    "hidden_dim",
+                    "bottleneck_dim",
+                    "norm_last_layer",
+                    "use_bn_in_head",
+                    "student_temperature",
+                    "warmup_teacher_temperature",
+                    "teacher_temperature",
+                    "warmup_teacher_temperature_epochs",
+                    "center_momentum",
+                    "momentum",
+                    "final_momentum",
+                    "weight_decay",
+                    "final_weight_decay",
+                    "freeze_last_layer_epochs",
+                )
+            }
+        )
+        return config

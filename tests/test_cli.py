@@ -1,0 +1,35 @@
+"""`keras-ssl pretrain` end to end on a slice of the embedded data, every method."""
+
+import json
+
+import keras
+import pytest
+
+from keras_ssl import cli
+
+
+@pytest.mark.parametrize("method", cli.METHODS)
+def test_pretrain_runs_and_writes_its_report(method, tmp_path, capsys):
+    out = tmp_path / method
+    cli.main(
+        [
+            "pretrain", "--method", method, "--epochs", "1", "--batch-size", "64",
+            "--limit", "256", "--output-dir", str(out), "--verbose", "0",
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "kNN top-1" in printed and "random init" in printed and "raw pixels" in printed
+    report = json.loads((out / "results.json").read_text())
+    assert report["backend"] == keras.backend.backend()
+    assert report["method"] == method
+    assert len(report["history"]["loss"]) == 1
+    for row in report["results"].values():
+        assert 0.0 <= row["knn_top1"] <= 1.0 and 0.0 <= row["linear_top1"] <= 1.0
+    assert (out / "curves.png").stat().st_size > 1000
+    assert keras.saving.load_model(out / "backbone.keras").output_dim == 256
+
+
+def test_unknown_method_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--method", "nope"])
+    assert "invalid choice" in capsys.readouterr().err
