@@ -15,7 +15,7 @@ from keras_ssl import (
     optimizers,
     visualize,
 )
-from keras_ssl.methods import BYOL, DINO, MoCoV2, SimCLR
+from keras_ssl.methods import BYOL, DINO, DINOv2, MoCoV2, SimCLR
 from keras_ssl.trainer import ContrastiveTrainer
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "BYOL",
     "ContrastiveTrainer",
     "DINO",
+    "DINOv2",
     "MoCoV2",
     "SimCLR",
     "augment",

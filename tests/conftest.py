@@ -17,8 +17,9 @@ def pytest_configure(config):
     if keras.backend.backend() == "torch":
         import torch
 
-        # Parallel test workers share 2 cores: torch's default thread count stalls them.
-        torch.set_num_threads(int(os.environ.get("KERAS_SSL_TORCH_THREADS", "2")))
+        # Parallel test workers share the cores: torch's default thread count stalls them.
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(autouse=True)

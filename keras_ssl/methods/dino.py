@@ -177,7 +177,7 @@ class DINO(ContrastiveTrainer):
         frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
             self.freeze_last_layer_epochs
         )
-        last_layer = {id(v) for v in self.head.last_layer_variables}
+        last_layer = {id(v) for v in self.last_layer_variables()}
         return [
             ops.where(frozen, ops.zeros_like(g), g) if g is not None and id(v) in last_layer else g
             for g, v in zip(gradients, self.trainable_variables, strict=True)
@@ -193,12 +193,22 @@ class DINO(ContrastiveTrainer):
                     stacklevel=2,
                 )
             rate = ops.cast(self.optimizer.learning_rate, "float32") * self.current_weight_decay()
-            for variable in self.backbone.trainable_weights + self.head.trainable_weights:
-                if len(variable.shape) > 1:  # not biases and norms, as the paper
-                    variable.assign(variable * ops.cast(1.0 - rate, variable.dtype))
+            for _, student in self.teacher_student_pairs():
+                for variable in student.trainable_weights:
+                    if len(variable.shape) > 1:  # not biases and norms, as the paper
+                        variable.assign(variable * ops.cast(1.0 - rate, variable.dtype))
         momentum = self.teacher_momentum()
-        self.update_teacher(self.teacher_backbone, self.backbone, momentum)
-        self.update_teacher(self.teacher_head, self.head, momentum)
+        for teacher, student in self.teacher_student_pairs():
+            self.update_teacher(teacher, student, momentum)
+
+    # ---- hooks for subclasses (DINOv2) ---------------------------------------------------
+    def teacher_student_pairs(self):
+        """`(teacher, student)` networks: the students decay, the teachers follow their EMA."""
+        return [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
+
+    def last_layer_variables(self):
+        """Variables frozen during the first `freeze_last_layer_epochs` epochs."""
+        return list(self.head.last_layer_variables)
 
     def get_config(self):
         config = super().get_config()

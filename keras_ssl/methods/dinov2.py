@@ -1,0 +1,306 @@
+"""DINOv2 (Oquab et al. 2023)."""
+
+import keras
+from keras import ops
+
+from keras_ssl.layers.dino_head import DINOHead
+from keras_ssl.methods.dino import DINO
+from keras_ssl.ops.dino import dino_center_update
+from keras_ssl.ops.ibot import ibot_patch_loss
+from keras_ssl.ops.koleo import koleo_loss
+from keras_ssl.ops.sinkhorn_knopp import sinkhorn_knopp
+
+_CENTERINGS = ("centering", "sinkhorn_knopp")
+
+
+def _cross_entropy_pairs(student_logits, teacher_probs, student_temperature):
+    """DINO's pair-averaged cross-entropy, with the teacher given as probabilities."""
+    log_probs = [
+        ops.log_softmax(ops.cast(s, "float32") / student_temperature, axis=-1)
+        for s in student_logits
+    ]
+    pairs = [(i, v) for i in range(len(teacher_probs)) for v in range(len(log_probs)) if v != i]
+    total = 0.0
+    for i, v in pairs:
+        total = total + ops.mean(-ops.sum(teacher_probs[i] * log_probs[v], axis=-1))
+    return total / len(pairs)
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class DINOv2(DINO):
+    """DINOv2: "DINOv2: Learning Robust Visual Features without Supervision" (Oquab et
+    al., TMLR 2024), DINO + iBOT masked image modelling + KoLeo, for ViT backbones.
+
+    Everything of `DINO` (multi-crop, EMA teacher, teacher-temperature warm-up, weight
+    decay schedule, last layer frozen in the first epoch) plus:
+
+    - **iBOT masked patch loss** (`keras_ssl.ops.ibot_patch_loss`): of the `2N` global
+      crops of a batch, `floor(mask_probability * 2N)` chosen at random are masked (as
+      DINOv2's collate function), each with a mask ratio drawn uniformly in `mask_ratio`
+      (rounded to whole patches inside the range). The masked patches are a random
+      subset of the patch positions; DINOv2 masks blocks (`MaskingGenerator`), which this
+      implementation does not. The student sees the masked global crops (the ViT's
+      `mask_token` replaces the masked patch embeddings), the teacher the unmasked ones;
+      a separate `patch_head` (a second `DINOHead`, `ibot_separate_head=True`) maps the
+      patch tokens; the loss is the cross-entropy between the teacher's and the student's
+      patch distributions over the masked patches of the same crop.
+    - **KoLeo** (`keras_ssl.ops.koleo_loss`) on the student backbone's CLS features of
+      each global crop (L2-normalised), summed over the 2 global crops as DINOv2.
+    - **Teacher centring** by Sinkhorn-Knopp (`centering="sinkhorn_knopp"`, 3 iterations,
+      the teacher temperature; the default, as DINOv2) or by DINO's running centres
+      (`centering="centering"`; the CLS centre `center` and a separate `patch_center`,
+      both with momentum `center_momentum`). Sinkhorn-Knopp is applied to the teacher's
+      CLS outputs of the global crops and to all its patch outputs of the global crops
+      (DINOv2 uses only the masked patches).
+
+    The total loss is `dino_loss + ibot_loss_weight * ibot + koleo_loss_weight * koleo`;
+    the logged `dino_loss`, `ibot_loss` and `koleo_loss` are the weighted terms, so they
+    add up to `loss`. Local crops get the CLS-only DINO loss (no masks). The masks come
+    from the model's own `seed_generator` (saved state, traced correctly under `jax.jit`).
+
+    Args:
+        backbone: a `keras_ssl.backbones.ViT` (anything with `forward_features(images,
+            masks=None, training)` returning `{"cls", "patches"}`), built with its mask
+            token (`use_mask_token=True`, the default).
+        augmenter, output_dim, hidden_dim, bottleneck_dim, norm_last_layer, use_bn_in_head,
+            student_temperature, warmup_teacher_temperature, teacher_temperature,
+            warmup_teacher_temperature_epochs, center_momentum, weight_decay,
+            final_weight_decay, freeze_last_layer_epochs: as `DINO` (DINOv2 defaults: 65536
+            prototypes, `tau_t` 0.04 -> 0.07 over 30 epochs, weight decay 0.04 -> 0.2).
+        momentum, final_momentum: teacher EMA momentum (0.992 -> 1).
+        centering: `"sinkhorn_knopp"` (default) or `"centering"`.
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (3).
+        ibot_loss_weight: weight of the masked patch loss (1.0).
+        koleo_loss_weight: weight of KoLeo (0.1).
+        mask_ratio: `(min, max)` fraction of masked patches of a masked crop (0.1, 0.5).
+        mask_probability: fraction of global crops masked (0.5).
+        ibot_separate_head: a separate patch head (True); False shares the CLS head.
+        ibot_output_dim, ibot_hidden_dim, ibot_bottleneck_dim: the patch head's widths
+            (`None`: as the CLS head).
+        seed: seed of the mask sampler.
+
+    Example:
+
+    ```python
+    import keras, keras_ssl
+    model = keras_ssl.DINOv2(
+        keras_ssl.backbones.ViT(patch_size=4, hidden_dim=64, depth=2, num_heads=2,
+                                input_channels=1, pretrain_image_size=28,
+                                layer_scale_init=1e-5),
+        augmenter=keras_ssl.augment.DINOMultiCrop.small_images(28, num_local_crops=2),
+        output_dim=1024, hidden_dim=256, bottleneck_dim=64,
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(5e-4, weight_decay=0.0, clipnorm=3.0))
+    ```
+    """
+
+    metric_names = ("dino_loss", "ibot_loss", "koleo_loss")
+
+    def __init__(
+        self,
+        backbone,
+        augmenter=None,
+        momentum=0.992,
+        final_momentum=1.0,
+        final_weight_decay=0.2,
+        centering="sinkhorn_knopp",
+        sinkhorn_iterations=3,
+        ibot_loss_weight=1.0,
+        koleo_loss_weight=0.1,
+        mask_ratio=(0.1, 0.5),
+        mask_probability=0.5,
+        ibot_separate_head=True,
+        ibot_output_dim=None,
+        ibot_hidden_dim=None,
+        ibot_bottleneck_dim=None,
+        seed=None,
+        **kwargs,
+    ):
+        if not callable(getattr(backbone, "forward_features", None)):
+            raise TypeError(
+                "DINOv2 needs a ViT backbone with `forward_features(images, masks=None, "
+                "training)` returning CLS and patch tokens (e.g. keras_ssl.backbones.ViT) for "
+                f"its masked patch loss; got {type(backbone).__name__}. Use keras_ssl.DINO for "
+                "ResNets and other backbones without patch tokens."
+            )
+        if not getattr(backbone, "use_mask_token", True):
+            raise ValueError(
+                "DINOv2 masks the student's patches with the ViT's mask token: build the ViT "
+                "with use_mask_token=True."
+            )
+        if centering not in _CENTERINGS:
+            raise ValueError(f"`centering` must be one of {_CENTERINGS}, got {centering!r}.")
+        mask_ratio = tuple(float(r) for r in mask_ratio)
+        if len(mask_ratio) != 2 or not 0.0 <= mask_ratio[0] <= mask_ratio[1] <= 1.0:
+            raise ValueError(f"`mask_ratio` must be (min, max) in [0, 1], got {mask_ratio}.")
+        if not 0.0 <= mask_probability <= 1.0:
+            raise ValueError(f"`mask_probability` must be in [0, 1], got {mask_probability}.")
+        super().__init__(
+            backbone,
+            augmenter=augmenter,
+            momentum=momentum,
+            final_momentum=final_momentum,
+            final_weight_decay=final_weight_decay,
+            **kwargs,
+        )
+        self.centering = centering
+        self.sinkhorn_iterations = int(sinkhorn_iterations)
+        self.ibot_loss_weight = float(ibot_loss_weight)
+        self.koleo_loss_weight = float(koleo_loss_weight)
+        self.mask_ratio = mask_ratio
+        self.mask_probability = float(mask_probability)
+        self.ibot_separate_head = bool(ibot_separate_head)
+        self.ibot_output_dim = ibot_output_dim
+        self.ibot_hidden_dim = ibot_hidden_dim
+        self.ibot_bottleneck_dim = ibot_bottleneck_dim
+        self.seed = seed
+        if self.ibot_separate_head:
+            self.patch_head = DINOHead(
+                output_dim=ibot_output_dim or self.output_dim,
+                hidden_dim=ibot_hidden_dim or self.hidden_dim,
+                bottleneck_dim=ibot_bottleneck_dim or self.bottleneck_dim,
+                use_bn=self.use_bn_in_head,
+                norm_last_layer=self.norm_last_layer,
+                name="patch_head",
+            )
+            self.patch_head.build((None, self.feature_dim))
+            self.teacher_patch_head = self.make_teacher(self.patch_head, (None, self.feature_dim))
+        else:
+            self.patch_head = self.head
+            self.teacher_patch_head = self.teacher_head
+        self.patch_center = self.add_weight(
+            name="patch_center",
+            shape=(1, self.patch_head.output_dim),
+            initializer="zeros",
+            trainable=False,
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed, name="mask_seed_generator")
+
+    # ---- masks ---------------------------------------------------------------------------
+    def sample_masks(self, num_images, num_patches):
+        """Boolean `(num_images, num_patches)` iBOT masks, True for masked patches.
+
+        `floor(mask_probability * num_images)` images, chosen at random, get a random
+        subset of `k` patches masked, `k` uniform among the whole numbers of patches whose
+        fraction lies in `mask_ratio` (at least one); the others none. Draws from
+        `seed_generator`.
+        """
+        lo = max(int(-(-self.mask_ratio[0] * num_patches // 1)), 1)
+        hi = max(int(self.mask_ratio[1] * num_patches), lo)
+        if self.mask_probability == 0:
+            return ops.zeros((num_images, num_patches), dtype="bool")
+        # `num_images` may be a tensor (TensorFlow graphs retraced with a relaxed batch size).
+        num_masked_images = ops.floor(self.mask_probability * ops.cast(num_images, "float32"))
+        image_noise = keras.random.uniform((num_images,), seed=self.seed_generator)
+        image_rank = ops.cast(ops.argsort(ops.argsort(image_noise)), "float32")
+        masked_image = image_rank < num_masked_images
+        u = keras.random.uniform((num_images, 1), seed=self.seed_generator)
+        count = ops.minimum(ops.floor(lo + u * (hi - lo + 1)), float(hi))
+        patch_noise = keras.random.uniform((num_images, num_patches), seed=self.seed_generator)
+        patch_rank = ops.cast(ops.argsort(ops.argsort(patch_noise, axis=1), axis=1), "float32")
+        return ops.logical_and(patch_rank < count, ops.expand_dims(masked_image, 1))
+
+    def _num_patches(self, view):
+        patch = int(self.backbone.patch_size)
+        return (int(view.shape[1]) // patch) * (int(view.shape[2]) // patch)
+
+    # ---- teacher targets -----------------------------------------------------------------
+    def teacher_probabilities(self, logits, center, temperature, training):
+        """Teacher distributions of `(B, K)` logits: Sinkhorn-Knopp, or centred + sharpened
+        with `center` updated (in training)."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temperature, num_iterations=self.sinkhorn_iterations)
+        logits = ops.cast(ops.stop_gradient(logits), "float32")
+        probs = ops.softmax((logits - ops.cast(center, "float32")) / temperature, axis=-1)
+        if training:
+            center.assign(dino_center_update(center, logits, self.center_momentum))
+        return probs
+
+    # ---- the step ------------------------------------------------------------------------
+    def compute_ssl_loss(self, views, training=True):
+        return self.compute_ssl_loss_with_masks(views, None, training=training)
+
+    def compute_ssl_loss_with_masks(self, views, masks=None, training=True):
+        """`compute_ssl_loss` with given `(2N, P)` masks of the two global crops (concatenated)
+        or, with `masks=None`, masks from `sample_masks`."""
+        if len(views) < 2:
+            raise ValueError(
+                f"DINOv2 takes 2 global views (then local ones) per image, got {len(views)}."
+            )
+        if tuple(views[0].shape[1:]) != tuple(views[1].shape[1:]):
+            raise ValueError("DINOv2's two global views must have the same size.")
+        globals_ = ops.concatenate(views[:2], axis=0)
+        num_patches = self._num_patches(views[0])
+        if masks is None:
+            masks = self.sample_masks(ops.shape(globals_)[0], num_patches)
+
+        # Student: masked global crops (CLS + patch tokens), local crops (CLS only).
+        student = self.backbone.forward_features(globals_, masks=masks, training=training)
+        global_cls = student["cls"]
+        local_cls = self.encode_views(
+            lambda x, training: self.backbone.forward_features(x, training=training)["cls"],
+            views[2:],
+            training=training,
+        )
+        cls_logits = self.head(ops.concatenate([global_cls, *local_cls], axis=0), training=training)
+        student_logits = ops.split(cls_logits, len(views), axis=0)
+        patches = student["patches"]
+        dim = patches.shape[-1]
+        patch_logits = self.patch_head(ops.reshape(patches, (-1, dim)), training=training)
+        patch_logits = ops.reshape(patch_logits, (-1, num_patches, patch_logits.shape[-1]))
+
+        # Teacher: unmasked global crops.
+        teacher = self.teacher_backbone.forward_features(globals_, training=training)
+        teacher_cls = ops.stop_gradient(self.teacher_head(teacher["cls"]))
+        teacher_patches = self.teacher_patch_head(ops.reshape(teacher["patches"], (-1, dim)))
+        teacher_patches = ops.stop_gradient(teacher_patches)
+        temperature = self.current_teacher_temperature()
+        cls_probs = self.teacher_probabilities(teacher_cls, self.center, temperature, training)
+        patch_probs = self.teacher_probabilities(
+            teacher_patches, self.patch_center, temperature, training
+        )
+        patch_probs = ops.reshape(patch_probs, (-1, num_patches, patch_probs.shape[-1]))
+
+        dino = _cross_entropy_pairs(
+            list(student_logits), ops.split(cls_probs, 2, axis=0), self.student_temperature
+        )
+        ibot = self.ibot_loss_weight * ibot_patch_loss(
+            patch_logits, patch_probs, masks, student_temperature=self.student_temperature
+        )
+        koleo = self.koleo_loss_weight * sum(
+            koleo_loss(c) for c in ops.split(global_cls, 2, axis=0)
+        )
+        loss = dino + ibot + koleo
+        return loss, {"dino_loss": dino, "ibot_loss": ibot, "koleo_loss": koleo}
+
+    # ---- DINO hooks ----------------------------------------------------------------------
+    def teacher_student_pairs(self):
+        pairs = super().teacher_student_pairs()
+        if self.ibot_separate_head:
+            pairs.append((self.teacher_patch_head, self.patch_head))
+        return pairs
+
+    def last_layer_variables(self):
+        variables = super().last_layer_variables()
+        if self.ibot_separate_head:
+            variables += list(self.patch_head.last_layer_variables)
+        return variables
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "centering": self.centering,
+                "sinkhorn_iterations": self.sinkhorn_iterations,
+                "ibot_loss_weight": self.ibot_loss_weight,
+                "koleo_loss_weight": self.koleo_loss_weight,
+                "mask_ratio": list(self.mask_ratio),
+                "mask_probability": self.mask_probability,
+                "ibot_separate_head": self.ibot_separate_head,
+                "ibot_output_dim": self.ibot_output_dim,
+                "ibot_hidden_dim": self.ibot_hidden_dim,
+                "ibot_bottleneck_dim": self.ibot_bottleneck_dim,
+                "seed": self.seed,
+            }
+        )
+        return config

@@ -1,0 +1,181 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_ssl
+from keras_ssl.backbones import ViT
+
+
+def _vit(**kwargs):
+    return ViT(
+        patch_size=4,
+        hidden_dim=16,
+        depth=1,
+        num_heads=2,
+        input_channels=1,
+        pretrain_image_size=16,
+        **kwargs,
+    )
+
+
+def _model(backbone=None, **kwargs):
+    defaults = dict(output_dim=32, hidden_dim=16, bottleneck_dim=8, seed=0)
+    defaults.update(kwargs)
+    return keras_ssl.DINOv2(backbone or _vit(), **defaults)
+
+
+def _views(n=8, seed=0):
+    """Two 16 px global views and two 8 px local views of blocky images."""
+    coarse = np.random.default_rng(seed).uniform(size=(n, 4, 4, 1))
+    rng = np.random.default_rng(seed + 1)
+    views = []
+    for size in (16, 16, 8, 8):
+        image = np.kron(coarse, np.ones((1, size // 4, size // 4, 1)))
+        views.append(np.clip(image + 0.1 * rng.normal(size=image.shape), 0, 1).astype("float32"))
+    return tuple(views)
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def test_fit_logs_three_terms_that_add_up_and_save_load_keeps_all_weights(tmp_path):
+    model = _model(backbone=_vit(num_register_tokens=1, layer_scale_init=1e-5))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.0, clipnorm=3.0))
+    # 12 images in batches of 8: the last batch is smaller (TensorFlow retraces it with a
+    # dynamic batch size, which the mask sampler must handle).
+    history = model.fit(_views(12), batch_size=8, epochs=2, verbose=0).history
+    for name in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
+        assert np.all(np.isfinite(history[name])), (name, history[name])
+    total = np.add(np.add(history["dino_loss"], history["ibot_loss"]), history["koleo_loss"])
+    np.testing.assert_allclose(history["loss"], total, rtol=1e-5)
+
+    # Sinkhorn-Knopp leaves the centres at zero: give them values to check they are saved.
+    rng = np.random.default_rng(0)
+    model.center.assign(rng.normal(size=(1, 32)).astype("float32"))
+    model.patch_center.assign(rng.normal(size=(1, 32)).astype("float32"))
+    teacher = _np(model.teacher_patch_head.weights[0])
+    assert not np.array_equal(teacher, _np(model.patch_head.weights[0]))  # EMA, not a copy
+    path = tmp_path / "dinov2.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, keras_ssl.DINOv2)
+    assert restored.get_config() == model.get_config()
+    assert len(restored.weights) == len(model.weights)
+    for a, b in zip(restored.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(_np(a), _np(b))
+    np.testing.assert_array_equal(_np(restored.teacher_patch_head.weights[0]), teacher)
+
+
+@pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
+def test_loss_matches_the_ops(centering):
+    model = _model(centering=centering, ibot_loss_weight=0.5, koleo_loss_weight=0.3)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.optimizer.build(model.trainable_variables)
+    model.patch_center.assign(np.full((1, 32), 0.1, "float32"))
+    views = tuple(ops.convert_to_tensor(v) for v in _views(8))
+    # The masks compute_ssl_loss will draw: sample them, then rewind the seed generator.
+    state = _np(model.seed_generator.state)
+    masks = model.sample_masks(16, 16)
+    model.seed_generator.state.assign(state)
+
+    globals_ = ops.concatenate(views[:2], axis=0)
+    student = model.backbone.forward_features(globals_, masks=masks)
+    student_logits = list(ops.split(model.head(student["cls"]), 2, axis=0))
+    student_logits += [model.head(model.backbone(v)) for v in views[2:]]
+    patch_logits = ops.reshape(
+        model.patch_head(ops.reshape(student["patches"], (-1, 16))), (16, 16, 32)
+    )
+    teacher = model.teacher_backbone.forward_features(globals_)
+    teacher_logits = model.teacher_head(teacher["cls"])
+    teacher_patches = model.teacher_patch_head(ops.reshape(teacher["patches"], (-1, 16)))
+    center, patch_center = _np(model.center), _np(model.patch_center)
+    tau = 0.04
+    if centering == "centering":
+        dino = keras_ssl.ops.dino_loss(
+            student_logits, list(ops.split(teacher_logits, 2, axis=0)), center, 0.1, tau
+        )
+        patch_probs = ops.softmax((teacher_patches - patch_center) / tau, axis=-1)
+    else:
+        probs = keras_ssl.ops.sinkhorn_knopp(teacher_logits, tau, num_iterations=3)
+        # softmax(log q) = q: dino_loss with log-probabilities, no centre, temperature 1.
+        log_probs = [ops.log(p) for p in ops.split(probs, 2, axis=0)]
+        dino = keras_ssl.ops.dino_loss(student_logits, log_probs, np.zeros(32, "float32"), 0.1, 1)
+        patch_probs = keras_ssl.ops.sinkhorn_knopp(teacher_patches, tau, num_iterations=3)
+    ibot = keras_ssl.ops.ibot_patch_loss(
+        patch_logits, ops.reshape(patch_probs, (16, 16, 32)), masks, 0.1
+    )
+    cls_a, cls_b = ops.split(student["cls"], 2, axis=0)
+    koleo = keras_ssl.ops.koleo_loss(cls_a) + keras_ssl.ops.koleo_loss(cls_b)
+
+    loss, logs = model.compute_ssl_loss(views, training=True)
+    expected = {"dino_loss": dino, "ibot_loss": 0.5 * ibot, "koleo_loss": 0.3 * koleo}
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(logs[name]), float(value), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(loss), float(sum(expected.values())), rtol=1e-4)
+    assert float(ibot) > 0
+    if centering == "centering":  # both centres follow their teacher outputs
+        teacher_mean = np.mean(_np(teacher_logits), axis=0)
+        np.testing.assert_allclose(_np(model.center)[0], 0.1 * teacher_mean, atol=1e-5)
+        patch_mean = np.mean(_np(teacher_patches), axis=0)
+        expected_patch = 0.9 * patch_center[0] + 0.1 * patch_mean
+        np.testing.assert_allclose(_np(model.patch_center)[0], expected_patch, atol=1e-5)
+
+
+def test_masks_ratio_probability_and_global_crops_only():
+    model = _model(mask_probability=0.5, mask_ratio=(0.1, 0.5))
+    masks = _np(model.sample_masks(40, 16))
+    counts = masks.sum(axis=1)
+    assert (counts > 0).sum() == 20  # half the crops masked, as DINOv2's collate
+    assert counts[counts > 0].min() >= 2 and counts.max() <= 8  # 0.1 * 16 -> 2, 0.5 * 16
+    assert len(set(counts[counts > 0].tolist())) > 1  # ratios vary per image
+    assert len({tuple(np.flatnonzero(m)) for m in masks[counts > 0]}) > 1  # positions too
+
+    calls = []
+    forward = model.backbone.forward_features
+
+    def spy(images, masks=None, training=False):
+        calls.append((tuple(images.shape), None if masks is None else _np(masks)))
+        return forward(images, masks=masks, training=training)
+
+    model.backbone.forward_features = spy
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.optimizer.build(model.trainable_variables)
+    model.compute_ssl_loss(tuple(ops.convert_to_tensor(v) for v in _views(8)))
+    masked = [(shape, m) for shape, m in calls if m is not None]
+    assert len(masked) == 1 and masked[0][0] == (16, 16, 16, 1)  # the 2 x 8 global crops
+    assert masked[0][1].any()
+    assert all(m is None for shape, m in calls if shape[1] == 8)  # local crops unmasked
+
+    unmasked = _model(mask_probability=0.0)
+    unmasked.compile(optimizer=keras.optimizers.SGD(0.01))
+    unmasked.optimizer.build(unmasked.trainable_variables)
+    _, logs = unmasked.compute_ssl_loss(tuple(ops.convert_to_tensor(v) for v in _views(8)))
+    assert float(logs["ibot_loss"]) == 0.0
+
+
+def test_thirty_steps_on_a_fixed_batch_lower_the_loss():
+    # DINO's centring, frozen at zero (center_momentum=1): on one batch of 8 images a moving
+    # centre chases the teacher's mean and the loss first rises, as in DINO's early training
+    # (and Sinkhorn-Knopp's uniform targets over 16 crops leave little to learn here).
+    model = _model(
+        centering="centering",
+        center_momentum=1.0,
+        warmup_teacher_temperature_epochs=0,
+        weight_decay=0.0,
+        final_weight_decay=0.0,
+        freeze_last_layer_epochs=0,
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(2e-3, weight_decay=0.0))
+    losses = model.fit(_views(8), batch_size=8, epochs=30, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+
+
+def test_refuses_backbones_without_patch_tokens():
+    resnet = keras_ssl.backbones.ResNet(
+        stackwise_num_blocks=(1,), stem="cifar", input_channels=1, width=4
+    )
+    with pytest.raises(TypeError, match="forward_features"):
+        keras_ssl.DINOv2(resnet, output_dim=32, hidden_dim=16, bottleneck_dim=8)
