@@ -50,6 +50,28 @@ DEMO_RECIPES = {
         ),
         lr=1e-3,
     ),
+    "dinov2": dict(
+        method="DINOv2",
+        augment="DINOMultiCrop",
+        augment_options=dict(num_local_crops=4),
+        # DINOv2 needs patch tokens: a ViT with 4 px patches (7 x 7 of them at 28 px).
+        backbone=dict(
+            name="vit_tiny",
+            patch_size=4,
+            hidden_dim=128,
+            depth=4,
+            num_heads=4,
+            num_register_tokens=1,
+            layer_scale_init=1e-5,
+        ),  # fmt: skip
+        options=dict(
+            output_dim=4096,
+            hidden_dim=512,
+            bottleneck_dim=128,
+            warmup_teacher_temperature_epochs=5,
+        ),
+        lr=5e-4,
+    ),
 }
 METHODS = tuple(DEMO_RECIPES)
 
@@ -66,7 +88,11 @@ def _parser():
         ),
     )
     p.add_argument("--method", default="simclr", choices=METHODS)
-    p.add_argument("--backbone", default="convnet", help="convnet, resnet18_cifar, resnet18, ...")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="convnet (default), resnet18_cifar, resnet18, ...; dinov2 defaults to a small ViT",
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: 15 (embedded data)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=None, help="default: method's")
@@ -176,14 +202,23 @@ def pretrain(args):
     channels = x_train.shape[-1]
     print(
         f"keras_ssl {keras_ssl.__version__} | backend {backend} | {args.method} | "
-        f"{args.backbone} | {len(x_train)} images {x_train.shape[1:]} | "
+        f"{args.backbone or 'default backbone'} | {len(x_train)} images {x_train.shape[1:]} | "
         f"{args.epochs} epochs, batch {args.batch_size}"
     )
 
-    def make_backbone():
-        return keras_ssl.backbones.get(args.backbone, input_channels=channels)
-
     recipe = DEMO_RECIPES[args.method]
+
+    def make_backbone():
+        if args.backbone is None and "backbone" in recipe:
+            options = dict(recipe["backbone"])
+            return keras_ssl.backbones.get(
+                options.pop("name"),
+                input_channels=channels,
+                pretrain_image_size=args.image_size,
+                **options,
+            )
+        return keras_ssl.backbones.get(args.backbone or "convnet", input_channels=channels)
+
     augment_class = getattr(keras_ssl.augment, recipe["augment"])
     augmenter = augment_class.small_images(
         args.image_size, seed=args.seed, **recipe["augment_options"]
@@ -198,8 +233,8 @@ def pretrain(args):
         warmup_target=learning_rate,
         warmup_steps=max(1, steps // 10),
     )
-    # DINO schedules its own weight decay; the others take AdamW's.
-    weight_decay = 0.0 if args.method == "dino" else 1e-4
+    # DINO and DINOv2 schedule their own weight decay; the others take AdamW's.
+    weight_decay = 0.0 if isinstance(model, keras_ssl.DINO) else 1e-4
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, clipnorm=3.0)
     )
@@ -219,7 +254,7 @@ def pretrain(args):
     )
     report = {
         "method": args.method,
-        "backbone": args.backbone,
+        "backbone": args.backbone or recipe.get("backbone", {}).get("name", "convnet"),
         "backend": backend,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
