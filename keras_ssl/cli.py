@@ -200,13 +200,14 @@ def pretrain(args):
 
     x_train, y_train, x_test, y_test = _load_images(args)
     channels = x_train.shape[-1]
-    print(
-        f"keras_ssl {keras_ssl.__version__} | backend {backend} | {args.method} | "
-        f"{args.backbone or 'default backbone'} | {len(x_train)} images {x_train.shape[1:]} | "
-        f"{args.epochs} epochs, batch {args.batch_size}"
-    )
 
     recipe = DEMO_RECIPES[args.method]
+    backbone_name = args.backbone or recipe.get("backbone", {}).get("name", "convnet")
+    print(
+        f"keras_ssl {keras_ssl.__version__} | backend {backend} | {args.method} | "
+        f"{backbone_name} | {len(x_train)} images {x_train.shape[1:]} | "
+        f"{args.epochs} epochs, batch {args.batch_size}"
+    )
 
     def make_backbone():
         if args.backbone is None and "backbone" in recipe:
@@ -254,7 +255,7 @@ def pretrain(args):
     )
     report = {
         "method": args.method,
-        "backbone": args.backbone or recipe.get("backbone", {}).get("name", "convnet"),
+        "backbone": backbone_name,
         "backend": backend,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
