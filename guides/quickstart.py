@@ -56,7 +56,7 @@ model = keras_ssl.SimCLR(
     augmenter=keras_ssl.augment.SimCLRAugment.small_images(28, crop_scale=(0.2, 1.0)),
     temperature=0.5,
 )
-model.compile(optimizer=keras.optimizers.AdamW(2e-3, weight_decay=1e-4))
+model.compile(optimizer=keras.optimizers.AdamW(5e-3, weight_decay=1e-4))
 
 """
 ## Pretraining

@@ -20,7 +20,7 @@ DEMO_RECIPES = {
         augment="SimCLRAugment",
         augment_options=dict(crop_scale=(0.2, 1.0)),
         options=dict(temperature=0.5),
-        lr=2e-3,
+        lr=5e-3,
     ),
     "mocov2": dict(
         method="MoCoV2",
