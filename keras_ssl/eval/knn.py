@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
+from keras_ssl.ops.normalize import l2_normalize
+
 __all__ = ["knn_accuracy"]
-
-
-def _l2_normalize(x):
-    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-24))
-    return x / norm
 
 
 def knn_accuracy(
@@ -85,12 +82,12 @@ def knn_accuracy(
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k = min(int(k), len(train_features))
 
-    bank = _l2_normalize(ops.convert_to_tensor(train_features))
+    bank = l2_normalize(ops.convert_to_tensor(train_features))
     bank_t = ops.transpose(bank)
     bank_labels = ops.convert_to_tensor(train_labels)
     correct = 0
     for start in range(0, len(test_features), batch_size):
-        query = _l2_normalize(ops.convert_to_tensor(test_features[start : start + batch_size]))
+        query = l2_normalize(ops.convert_to_tensor(test_features[start : start + batch_size]))
         similarity = ops.matmul(query, bank_t)  # (b, N)
         top_sim, top_idx = ops.top_k(similarity, k=k)  # (b, k)
         weights = ops.exp(top_sim / temperature)

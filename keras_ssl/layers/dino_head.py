@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_ssl.ops.normalize import l2_normalize
+
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class DINOHead(keras.layers.Layer):
@@ -123,7 +125,7 @@ class DINOHead(keras.layers.Layer):
         for block in self.mlp:
             x = block(x, training=training)
         x = ops.cast(x, "float32")
-        return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(x, axis=-1)
 
     def call(self, inputs, training=None):
         x = self.bottleneck(inputs, training=training)

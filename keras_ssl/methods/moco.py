@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.ops.info_nce import info_nce_accuracy, info_nce_loss
+from keras_ssl.ops.normalize import l2_normalize
 from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
 
 
@@ -90,7 +91,7 @@ class MoCoV2(ContrastiveTrainer):
             initializer=keras.initializers.RandomNormal(stddev=1.0),
             trainable=False,
         )
-        self.queue.assign(self.queue / ops.norm(self.queue, axis=1, keepdims=True))
+        self.queue.assign(l2_normalize(self.queue, axis=1))
         self.queue_pointer = self.add_weight(
             name="queue_pointer", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
@@ -119,7 +120,7 @@ class MoCoV2(ContrastiveTrainer):
     def _enqueue(self, keys):
         """Writes the batch's keys over the oldest ones (a ring buffer) and moves the pointer."""
         keys = ops.cast(keys, self.queue.dtype)
-        keys = keys / ops.maximum(ops.norm(keys, axis=1, keepdims=True), 1e-12)
+        keys = l2_normalize(keys, axis=1)
         count = ops.shape(keys)[0]
         pointer = ops.convert_to_tensor(self.queue_pointer)
         rows = (pointer + ops.arange(count, dtype="int32")) % self.queue_size

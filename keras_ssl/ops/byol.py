@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_ssl.ops.normalize import l2_normalize
+
 
 def byol_loss(prediction, target):
     """BYOL loss (Grill et al. 2020, "Bootstrap Your Own Latent", eq. 2).
@@ -41,6 +43,6 @@ def byol_loss(prediction, target):
         )
     p = ops.cast(prediction, "float32")
     z = ops.cast(ops.stop_gradient(target), "float32")
-    p = p / ops.maximum(ops.norm(p, axis=1, keepdims=True), 1e-12)
-    z = z / ops.maximum(ops.norm(z, axis=1, keepdims=True), 1e-12)
+    p = l2_normalize(p, axis=1)
+    z = l2_normalize(z, axis=1)
     return ops.mean(2.0 - 2.0 * ops.sum(p * z, axis=1))

@@ -2,10 +2,11 @@
 
 from keras import ops
 
+from keras_ssl.ops.normalize import l2_normalize
 
-def _l2_normalize(x, axis=-1):
-    x = ops.cast(ops.convert_to_tensor(x), "float32")
-    return x / ops.maximum(ops.norm(x, axis=axis, keepdims=True), 1e-12)
+
+def _l2_normalize(x):
+    return l2_normalize(ops.cast(ops.convert_to_tensor(x), "float32"))
 
 
 def _info_nce_logits(query, positive_key, negative_keys, temperature):

@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_ssl.ops.normalize import l2_normalize
+
 
 def koleo_loss(embeddings, eps=1e-8):
     """KoLeo regulariser (Sablayrolles et al. 2019, "Spreading vectors for
@@ -41,7 +43,7 @@ def koleo_loss(embeddings, eps=1e-8):
     if x.shape[0] is not None and x.shape[0] < 2:
         raise ValueError(f"koleo_loss needs at least 2 embeddings, got {x.shape[0]}.")
     x = ops.cast(x, "float32")
-    x = x / ops.maximum(ops.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize(x, axis=1)
     similarity = ops.stop_gradient(ops.matmul(x, ops.transpose(x)))
     n = ops.shape(x)[0]
     similarity = ops.where(ops.eye(n, dtype="bool"), -3.0, similarity)

@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_ssl.ops.normalize import l2_normalize
+
 
 def _joint_similarities(z_a, z_b, temperature):
     """Cosine similarities of all 2N views over T, self-pairs masked, float32.
@@ -12,7 +14,7 @@ def _joint_similarities(z_a, z_b, temperature):
     """
     z = ops.concatenate([ops.convert_to_tensor(z_a), ops.convert_to_tensor(z_b)], axis=0)
     z = ops.cast(z, "float32")
-    z = z / ops.maximum(ops.norm(z, axis=1, keepdims=True), 1e-12)
+    z = l2_normalize(z, axis=1)
     logits = ops.matmul(z, ops.transpose(z)) / temperature
     two_n = ops.shape(z)[0]
     self_mask = ops.eye(two_n, dtype="bool")
