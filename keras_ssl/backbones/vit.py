@@ -18,7 +18,8 @@ token, learnable position embeddings for the CLS token and a square
 right after the CLS token *after* position embeddings are added, so they get none),
 ``depth`` pre-norm blocks ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))``
 (fused ``qkv`` projection with bias, scaled dot-product attention, exact erf GELU
-MLP, optional LayerScale) and a final LayerNorm (``epsilon=1e-6``).
+MLP or the SwiGLU MLP of DINOv2 ViT-g, optional LayerScale) and a final LayerNorm
+(``epsilon=1e-6``).
 
 Position embeddings are interpolated on the fly for every input size, inside the
 graph, exactly like DINO's ``interpolate_pos_encoding``: the patch-grid embeddings
@@ -53,13 +54,18 @@ Keras layer (weight)             torch key
 ``blocks_{i}_norm2``             ``blocks.{i}.norm2``
 ``blocks_{i}_mlp_fc1``           ``blocks.{i}.mlp.fc1`` (kernel = weight.T)
 ``blocks_{i}_mlp_fc2``           ``blocks.{i}.mlp.fc2`` (kernel = weight.T)
+``blocks_{i}_mlp_fc1`` (SwiGLU)  ``blocks.{i}.mlp.w12`` (``[x1; x2]`` stacked)
+``blocks_{i}_mlp_fc2`` (SwiGLU)  ``blocks.{i}.mlp.w3``
 ``blocks_{i}_ls2`` (gamma)       ``blocks.{i}.ls2.gamma`` (LayerScale only)
 ``norm``                         ``norm.{weight,bias}``
 ===============================  ============================================
 
 ``qkv`` output units are ordered ``(3, heads, head_dim)`` (q, k, v stacked,
 head-major) as in timm. Parameter-free layers are named ``blocks_{i}_attn``
-(attention core), ``blocks_{i}_mlp_act`` (GELU) and ``blocks_{i}_add{1,2}``.
+(attention core), ``blocks_{i}_mlp_act`` (GELU, or :class:`SwiGLU` splitting ``fc1``'s
+output into ``x1, x2`` and returning ``silu(x1) * x2``) and ``blocks_{i}_add{1,2}``.
+Converters for timm, the official DINO / DINOv2 code and transformers live in
+:mod:`keras_ssl.presets.converters`.
 """
 
 import functools
@@ -71,6 +77,7 @@ from keras import ops
 
 _LN_EPSILON = 1e-6
 _OUTPUTS = ("cls", "tokens")
+_MLPS = ("gelu", "swiglu")
 
 
 def _trunc_normal():
@@ -489,6 +496,49 @@ class ExactGELU(keras.layers.Layer):
         return input_shape
 
 
+def swiglu_hidden_dim(hidden_dim, mlp_ratio=4.0):
+    """DINOv2's SwiGLU width: two thirds of ``int(hidden_dim * mlp_ratio)``, rounded up to 8.
+
+    ViT-g/14 (``hidden_dim=1536``, ``mlp_ratio=4``) gives 4096.
+
+    Example:
+
+    ```python
+    from keras_ssl.backbones.vit import swiglu_hidden_dim
+
+    swiglu_hidden_dim(1536)  # 4096
+    ```
+    """
+    return (int(int(hidden_dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SwiGLU(keras.layers.Layer):
+    """Gated activation ``silu(x1) * x2`` on ``[x1; x2]`` (Shazeer, 2020, "GLU Variants
+    Improve Transformer", https://arxiv.org/abs/2002.05202).
+
+    ``call(x)`` with ``x`` ``(..., 2 * H)`` returns ``(..., H)``: the first half ``x1`` is
+    the gate (DINOv2's ``SwiGLUFFNFused`` ``w12`` output, transformers' ``gate_proj``),
+    the second ``x2`` the value (``up_proj``).
+
+    Example:
+
+    ```python
+    import numpy as np
+    from keras_ssl.backbones.vit import SwiGLU
+
+    SwiGLU()(np.ones((2, 8), "float32")).shape  # (2, 4)
+    ```
+    """
+
+    def call(self, x):
+        half = x.shape[-1] // 2
+        return ops.silu(x[..., :half]) * x[..., half:]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] // 2)
+
+
 # ---------------------------------------------------------------------------
 # Model.
 # ---------------------------------------------------------------------------
@@ -515,6 +565,7 @@ def _build_layers(
     interpolation_offset,
     interpolation_antialias,
     use_mask_token,
+    mlp="gelu",
 ):
     fan_in = input_channels * patch_size * patch_size
     bound = 1.0 / math.sqrt(fan_in)
@@ -548,7 +599,12 @@ def _build_layers(
         layers["register_tokens"] = ViTRegisterTokens(
             num_register_tokens, hidden_dim, name="register_tokens"
         )
-    hidden_mlp = int(hidden_dim * mlp_ratio)
+    if mlp == "swiglu":
+        hidden_mlp = swiglu_hidden_dim(hidden_dim, mlp_ratio)
+        fc1_units, act = 2 * hidden_mlp, SwiGLU
+    else:
+        hidden_mlp = int(hidden_dim * mlp_ratio)
+        fc1_units, act = hidden_mlp, ExactGELU
     for i in range(depth):
         p = f"blocks_{i}"
         layers[f"{p}_norm1"] = keras.layers.LayerNormalization(
@@ -566,8 +622,8 @@ def _build_layers(
         layers[f"{p}_norm2"] = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name=f"{p}_norm2"
         )
-        layers[f"{p}_mlp_fc1"] = _dense(hidden_mlp, f"{p}_mlp_fc1")
-        layers[f"{p}_mlp_act"] = ExactGELU(name=f"{p}_mlp_act")
+        layers[f"{p}_mlp_fc1"] = _dense(fc1_units, f"{p}_mlp_fc1")
+        layers[f"{p}_mlp_act"] = act(name=f"{p}_mlp_act")
         layers[f"{p}_mlp_fc2"] = _dense(hidden_dim, f"{p}_mlp_fc2")
         layers[f"{p}_add2"] = keras.layers.Add(name=f"{p}_add2")
         if layer_scale_init is not None:
@@ -586,6 +642,7 @@ def _encode(
     masks=None,
     training=None,
     return_attention=False,
+    return_last_blocks=0,
 ):
     """The ViT forward pass; ``layer(name)`` returns the layer of that name."""
     grid = layer("patch_embed")(images)
@@ -597,6 +654,7 @@ def _encode(
     if num_register_tokens:
         x = layer("register_tokens")(x)
     attention = None
+    blocks = []
     for i in range(depth):
         p = f"blocks_{i}"
         y = layer(f"{p}_attn_qkv")(layer(f"{p}_norm1")(x))
@@ -613,6 +671,10 @@ def _encode(
         if layer_scale:
             y = layer(f"{p}_ls2")(y)
         x = layer(f"{p}_add2")([x, y])
+        if i >= depth - return_last_blocks:
+            blocks.append(layer("norm")(x))
+    if return_last_blocks:
+        return blocks
     x = layer("norm")(x)
     if return_attention:
         return attention
@@ -655,6 +717,10 @@ class ViT(keras.Model):
             ``0`` uses the ``size=(h, w)`` form (DINOv2 register models).
         interpolation_antialias: torch's ``antialias=True`` bicubic (DINOv2 register
             models use it with ``interpolation_offset=0``).
+        mlp: ``"gelu"`` (``fc1`` -> exact GELU -> ``fc2``, width
+            ``int(hidden_dim * mlp_ratio)``) or ``"swiglu"`` (DINOv2 ViT-g: ``fc1`` to
+            ``2 * H``, :class:`SwiGLU`, ``fc2``, with ``H =``
+            :func:`swiglu_hidden_dim` ``(hidden_dim, mlp_ratio)``).
         use_mask_token: create the learned ``mask_token`` used by
             :meth:`forward_features` ``masks`` (``D`` extra parameters; the official DINO
             v1 backbones have none).
@@ -695,10 +761,13 @@ class ViT(keras.Model):
         interpolation_antialias=False,
         use_mask_token=True,
         output="cls",
+        mlp="gelu",
         **kwargs,
     ):
         if output not in _OUTPUTS:
             raise ValueError(f"`output` must be one of {_OUTPUTS}, got {output!r}.")
+        if mlp not in _MLPS:
+            raise ValueError(f"`mlp` must be one of {_MLPS}, got {mlp!r}.")
         patch_size, hidden_dim, depth = int(patch_size), int(hidden_dim), int(depth)
         num_heads, num_register_tokens = int(num_heads), int(num_register_tokens)
         if min(patch_size, hidden_dim, depth, num_heads) < 1 or num_register_tokens < 0:
@@ -732,6 +801,7 @@ class ViT(keras.Model):
             interpolation_offset,
             interpolation_antialias,
             use_mask_token,
+            mlp,
         )
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
         features = _encode(
@@ -760,11 +830,14 @@ class ViT(keras.Model):
         self.interpolation_offset = float(interpolation_offset)
         self.interpolation_antialias = bool(interpolation_antialias)
         self.use_mask_token = bool(use_mask_token)
+        self.mlp = mlp
         self.output_type = output
         self.output_dim = hidden_dim
         self.grid_size = grid_size
 
-    def _run(self, images, masks=None, training=False, return_attention=False):
+    def _run(
+        self, images, masks=None, training=False, return_attention=False, return_last_blocks=0
+    ):
         return _encode(
             self.get_layer,
             images,
@@ -775,6 +848,7 @@ class ViT(keras.Model):
             masks=masks,
             training=training,
             return_attention=return_attention,
+            return_last_blocks=return_last_blocks,
         )
 
     def forward_features(self, images, masks=None, training=False):
@@ -800,6 +874,37 @@ class ViT(keras.Model):
         """
         return self._run(images, return_attention=True)
 
+    def get_intermediate_layers(self, images, n=1):
+        """Tokens of the last ``n`` blocks, each after the final LayerNorm (DINO's protocol).
+
+        As DINO's ``get_intermediate_layers``: the output of each of the last ``n``
+        blocks goes through the shared final ``norm``. DINO's linear evaluation
+        concatenates ``[x[:, 0] for x in blocks]`` (ViT-S: ``n=4``); ViT-B adds the mean
+        of the last block's patch tokens.
+
+        Args:
+            images: ``(N, H, W, C)`` images.
+            n: number of blocks, ``1 <= n <= depth``.
+
+        Returns:
+            A list of ``n`` tensors ``(N, 1 + R + h * w, D)``, oldest block first.
+
+        Example:
+
+        ```python
+        import numpy as np
+        from keras_ssl.backbones import ViT
+
+        model = ViT(patch_size=4, hidden_dim=32, depth=2, num_heads=2, pretrain_image_size=16)
+        blocks = model.get_intermediate_layers(np.zeros((1, 16, 16, 3), "float32"), n=2)
+        [b.shape for b in blocks]  # [(1, 17, 32), (1, 17, 32)]
+        ```
+        """
+        n = int(n)
+        if not 1 <= n <= self.depth:
+            raise ValueError(f"`n` must be in [1, depth={self.depth}], got {n}.")
+        return self._run(images, return_last_blocks=n)
+
     def get_config(self):
         return {
             "name": self.name,
@@ -819,6 +924,7 @@ class ViT(keras.Model):
             "interpolation_antialias": self.interpolation_antialias,
             "use_mask_token": self.use_mask_token,
             "output": self.output_type,
+            "mlp": self.mlp,
         }
 
     @classmethod

@@ -1,0 +1,340 @@
+"""``from_preset``: a registered name, ``hf://org/repo[@revision]`` or a local directory."""
+
+import json
+import os
+from typing import NamedTuple
+
+import keras
+
+from keras_ssl.presets import converters, native, registry
+from keras_ssl.presets.errors import PresetError
+from keras_ssl.presets.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from keras_ssl.presets.safetensors_io import read_safetensors, read_sharded
+from keras_ssl.presets.sources import (
+    HF_PREFIX,
+    HubSource,
+    LocalSource,
+    parse_hf_handle,
+    verify_sha256,
+)
+
+_TASKS = ("backbone", "pretraining")
+_ENCODERS = ("auto", "student", "teacher")
+# Methods whose published encoder is the EMA teacher (DINO Sec. 3.1: the teacher performs
+# better and is the one evaluated); the others publish the online / query encoder.
+_TEACHER_EVALUATED = ("DINO", "DINOv2")
+_CONVERTIBLE_FORMATS = ("safetensors",)
+
+
+class LoadedPreset(NamedTuple):
+    """What :func:`from_preset` returns: unpack as ``model, preprocessing = ...``."""
+
+    model: keras.Model
+    preprocessing: Preprocessing | None
+
+
+def from_preset(
+    handle,
+    *,
+    task="backbone",
+    include_head=False,
+    encoder="auto",
+    revision=None,
+    cache_dir=None,
+    local_files_only=None,
+    force_download=False,
+    token=None,
+    **config_overrides,
+):
+    """Loads a pretrained model and its evaluation preprocessing.
+
+    ``handle`` is one of
+
+    * a registered preset name (``keras_ssl.presets.list_presets()``), e.g.
+      ``"dino_vits16"``: its card names a Hugging Face repository pinned to a revision,
+      the files, their sha256 and the converter;
+    * ``"hf://org/repo"`` or ``"hf://org/repo@revision"``: a Keras-native preset
+      uploaded with :func:`upload_preset`, or a timm / transformers checkpoint
+      (``config.json`` + ``model.safetensors``) converted on load;
+    * a local directory: a Keras-native preset (:func:`save_to_preset`,
+      ``tools/convert_checkpoint.py``) or a local copy of a Hub checkpoint.
+
+    Checkpoints are read with ``safetensors.numpy``: no torch and no unpickling at run
+    time. Files come through the Hugging Face cache (``HF_HUB_CACHE``; offline with
+    ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``). Sources published only as
+    torch / pickle files must be converted once with ``tools/convert_checkpoint.py``.
+
+    Args:
+        handle: the preset (see above).
+        task: ``"backbone"`` (the feature extractor) or ``"pretraining"`` (the whole
+            method model of a Keras-native method preset, e.g. ``keras_ssl.DINO`` with
+            its teacher, head, centre and optimizer state, ready to ``fit`` on).
+        include_head: with ``task="backbone"``, return ``Sequential([encoder, head])``
+            (the method's projection / DINO head), where the preset has one.
+        encoder: which encoder of a method preset is the backbone: ``"auto"`` (the
+            teacher for DINO / DINOv2, whose teacher is the published one; the online
+            encoder otherwise), ``"student"`` or ``"teacher"``.
+        revision: overrides the card's or the handle's revision (a commit sha is best).
+        cache_dir, local_files_only, force_download, token: passed to
+            ``huggingface_hub.hf_hub_download``; None uses huggingface_hub's settings.
+        **config_overrides: backbone config changes applied before the weights are
+            loaded, e.g. ``output="tokens"`` for a ViT or ``pooling=None`` for a ResNet.
+
+    Returns:
+        ``LoadedPreset(model, preprocessing)``: the model and a
+        :class:`keras_ssl.presets.Preprocessing` layer (None when a local preset stores
+        none).
+
+    Raises:
+        PresetError: unknown name (the message lists the known ones), offline without a
+            cached copy, missing files, sha256 mismatch, corrupt safetensors or
+            ``.weights.h5``, weights that do not fit, a preset from a newer keras_ssl,
+            or a source that needs ``tools/convert_checkpoint.py``.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras_ssl
+
+    model, preprocess = keras_ssl.from_preset("dino_vits16")  # downloads once
+    features = model(preprocess(np.zeros((1, 256, 320, 3), "uint8")))  # (1, 384)
+    ```
+    """
+    if task not in _TASKS:
+        raise PresetError(f"`task` must be one of {_TASKS}, got {task!r}.")
+    if encoder not in _ENCODERS:
+        raise PresetError(f"`encoder` must be one of {_ENCODERS}, got {encoder!r}.")
+    if task == "pretraining" and (include_head or config_overrides):
+        raise PresetError(
+            "task='pretraining' returns the whole method model as saved: do not combine it "
+            "with include_head or config overrides."
+        )
+    hub = dict(
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        force_download=force_download,
+        token=token,
+    )
+    options = dict(task=task, include_head=include_head, encoder=encoder)
+    if not isinstance(handle, (str, os.PathLike)):
+        raise PresetError(
+            f"A preset handle is a name, 'hf://org/repo' or a directory, got {handle!r}."
+        )
+    handle_text = os.fspath(handle)
+    if handle_text.startswith(HF_PREFIX):
+        repo, handle_revision = parse_hf_handle(handle_text)
+        card = registry.find_card_for_repo(repo)
+        source = HubSource(repo, revision or handle_revision, **hub)
+        return _load_from_source(source, card, options, config_overrides)
+    if isinstance(handle, str) and registry.NAME_PATTERN.match(handle) and ".." not in handle:
+        if handle in registry.list_presets() or not os.path.isdir(handle):
+            card = registry.get_card(handle)  # raises, listing the known names
+            return _load_card(card, revision, hub, options, config_overrides)
+    if os.path.isdir(handle_text):
+        return _load_from_source(LocalSource(handle_text), None, options, config_overrides)
+    if os.path.exists(handle_text):
+        raise PresetError(
+            f"{handle_text!r} is a file; a local preset is a directory (config.json, "
+            "model.weights.h5, metadata.json)."
+        )
+    registry.check_name(handle_text)  # a path-like handle that does not exist
+    raise PresetError(f"No preset, Hub handle or directory {handle_text!r}.")
+
+
+def _load_card(card, revision, hub, options, overrides):
+    native.check_version(card.get("min_keras_ssl_version"), f"Preset card {card['name']!r}")
+    source_spec = card["source"]
+    fmt = source_spec["format"]
+    if fmt not in (*_CONVERTIBLE_FORMATS, "keras_ssl"):
+        raise PresetError(_needs_conversion_message(card))
+    if source_spec.get("hub") != "hf" or not source_spec.get("repo"):
+        raise PresetError(f"Preset card {card['name']!r} has no Hugging Face 'repo' to load.")
+    source = HubSource(source_spec["repo"], revision or source_spec.get("revision"), **hub)
+    return _load_from_source(source, card, options, overrides)
+
+
+def _needs_conversion_message(card):
+    source = card["source"]
+    where = source.get("url") or source.get("repo") or "the authors' release"
+    if not source.get("converter"):
+        return (
+            f"Preset {card['name']!r} is published only as a {source['format']} file ({where}) "
+            "and keras_ssl has no converter for it yet; see the card's 'note'."
+        )
+    return (
+        f"Preset {card['name']!r} is published only as a {source['format']} file ({where}), "
+        "which keras_ssl does not unpickle at load time. Convert it once, offline: `python "
+        f"tools/convert_checkpoint.py --card {card['name']} --checkpoint <downloaded file> "
+        "--output <dir>` (needs torch), then load it with keras_ssl.from_preset('<dir>')."
+    )
+
+
+def _load_from_source(source, card, options, overrides):
+    fmt = card["source"]["format"] if card else None
+    source_config = None
+    config_name = ((card or {}).get("source", {}).get("files") or {}).get("config", "config.json")
+    backbone_spec = (card or {}).get("backbone", {})
+    derived = backbone_spec.get("config") is None and backbone_spec.get("source_config") is None
+    if fmt != "safetensors" or derived:
+        path = source.get(config_name, required=fmt is not None)
+        if path is None:
+            raise PresetError(
+                f"{source.description} has no {config_name}: it is neither a keras_ssl preset "
+                "nor a timm / transformers checkpoint."
+            )
+        source_config = native.read_json(path, f"{source.description}: {config_name}")
+    if fmt == "keras_ssl" or (fmt is None and native.is_native_config(source_config)):
+        model, metadata, preprocessing = native.load_native(
+            source, overrides if options["task"] == "backbone" else None
+        )
+        if preprocessing is None and card is not None:
+            preprocessing = Preprocessing.from_card(card["preprocessing"])
+        return _select(model, preprocessing, options, source)
+    if card is None:
+        card = _card_from_source_config(source, source_config)
+    if options["task"] == "pretraining" or options["include_head"]:
+        raise PresetError(_no_head_message(card, options))
+    backbone = _convert(source, card, source_config, overrides)
+    return LoadedPreset(backbone, Preprocessing.from_card(card["preprocessing"]))
+
+
+def _no_head_message(card, options):
+    what = "the pretraining model" if options["task"] == "pretraining" else "a head"
+    full = card.get("full_checkpoint")
+    if full:
+        return (
+            f"Preset {card['name']!r} holds the backbone only; {what} comes with the full "
+            f"checkpoint ({full.get('url')}). Convert it with `python tools/convert_checkpoint.py "
+            f"--card {card['name']} --checkpoint <downloaded full checkpoint> --output <dir>` and "
+            "load <dir>."
+        )
+    return f"Preset {card['name']!r} holds the backbone only; it has no {what}."
+
+
+def _card_from_source_config(source, source_config):
+    name = converters.detect(source_config)
+    if name is None:
+        raise PresetError(
+            f"{source.description}: config.json is neither a keras_ssl preset nor a known "
+            "checkpoint format (transformers model_type dinov2 / dinov2_with_registers / vit, or "
+            f"timm vit_* / resnet*); got keys {sorted(source_config)[:12]}."
+        )
+    pretrained = source_config.get("pretrained_cfg") or {}
+    crop = int((pretrained.get("input_size") or (3, 224, 224))[-1])
+    crop_pct = float(pretrained.get("crop_pct") or 0.875)
+    return {
+        "name": source.description,
+        "backbone": {"class": converters.backbone_class(name), "config": None},
+        "source": {
+            "format": "safetensors",
+            "converter": name,
+            "files": {"weights": "model.safetensors", "config": "config.json"},
+            "sha256": {},
+        },
+        "preprocessing": {
+            "resize_size": int(crop / crop_pct),
+            "crop_size": crop,
+            "interpolation": pretrained.get("interpolation") or "bicubic",
+            "mean": list(pretrained.get("mean") or IMAGENET_MEAN),
+            "std": list(pretrained.get("std") or IMAGENET_STD),
+        },
+        "license": pretrained.get("license"),
+    }
+
+
+def _read_weights(source, card):
+    files = card["source"].get("files") or {}
+    hashes = card["source"].get("sha256") or {}
+    filename = files.get("weights") or "model.safetensors"
+    if filename.endswith(".index.json"):
+        index = source.get(filename)
+        verify_sha256(index, hashes.get(filename), f"{source.description}/{filename}")
+
+        def get_shard(shard):
+            path = source.get(shard)
+            verify_sha256(path, hashes.get(shard), f"{source.description}/{shard}")
+            return path
+
+        return read_sharded(index, get_shard)
+    path = source.get(filename, required=not isinstance(source, HubSource) or bool(files))
+    if path is None:  # a Hub checkpoint without a card may be sharded
+        index_name = filename + ".index.json"
+        return read_sharded(source.get(index_name), source.get)
+    verify_sha256(path, hashes.get(filename), f"{source.description}/{filename}")
+    return read_safetensors(path)
+
+
+def _convert(source, card, source_config, overrides):
+    from keras_ssl import backbones
+
+    converter_name = card["source"].get("converter")
+    try:
+        converter = converters.get(converter_name)
+    except ValueError as error:
+        raise PresetError(f"Preset {card['name']!r}: {error}") from None
+    config = card["backbone"].get("config")
+    if config is None:
+        try:
+            config = converter.backbone_config(
+                card["backbone"].get("source_config") or source_config
+            )
+        except (KeyError, ValueError) as error:
+            raise PresetError(
+                f"{source.description}: cannot derive the backbone config from its "
+                f"config.json with {converter_name!r}: {error}"
+            ) from None
+    config = {**config, **overrides}
+    class_name = card["backbone"]["class"]
+    cls = getattr(backbones, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, keras.Model):
+        raise PresetError(f"Preset {card['name']!r}: unknown backbone class {class_name!r}.")
+    weights = _read_weights(source, card)  # fetched and verified before the (slow) build
+    try:
+        backbone = cls(**config)
+    except (TypeError, ValueError) as error:
+        raise PresetError(
+            f"Preset {card['name']!r}: cannot build {class_name}(**{json.dumps(config)}): {error}"
+        ) from None
+    try:
+        converter.convert_weights(weights, backbone)
+    except ValueError as error:
+        raise PresetError(
+            f"The weights of {source.description} do not fit the {class_name} built for preset "
+            f"{card['name']!r} (converter {converter_name!r}): {error}"
+        ) from None
+    return backbone
+
+
+def _select(model, preprocessing, options, source):
+    from keras_ssl.trainer import ContrastiveTrainer
+
+    where = source.description
+
+    if not isinstance(model, ContrastiveTrainer):
+        if options["task"] == "pretraining":
+            raise PresetError(
+                f"{where} holds a {type(model).__name__} backbone, not a method model: "
+                "task='pretraining' needs a preset saved from e.g. keras_ssl.DINO."
+            )
+        if options["include_head"]:
+            raise PresetError(f"{where} holds a backbone only; it has no head.")
+        return LoadedPreset(model, preprocessing)
+    if options["task"] == "pretraining":
+        native._restore_optimizer(model, source)
+        return LoadedPreset(model, preprocessing)
+    method = type(model).__name__
+    choice = options["encoder"]
+    if choice == "auto":
+        choice = "teacher" if method in _TEACHER_EVALUATED else "student"
+    prefix = "teacher_" if choice == "teacher" else ""
+    encoder = getattr(model, f"{prefix}backbone", None)
+    if encoder is None:
+        raise PresetError(f"{where}: {method} has no {choice} encoder.")
+    if not options["include_head"]:
+        return LoadedPreset(encoder, preprocessing)
+    head_names = ("teacher_head",) if choice == "teacher" else ("head", "projection_head")
+    head = next((getattr(model, n) for n in head_names if getattr(model, n, None)), None)
+    if head is None:
+        raise PresetError(f"{where}: {method} has no {choice} head.")
+    return LoadedPreset(keras.Sequential([encoder, head], name=f"{method}_{choice}"), preprocessing)

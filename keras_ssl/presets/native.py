@@ -1,0 +1,302 @@
+"""Keras-native presets: a directory with ``config.json``, ``model.weights.h5`` and
+``metadata.json`` (plus ``preprocessing.json`` and, for a compiled method model, the
+optimizer's config and variables so pretraining can continue)."""
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_ssl.presets.errors import PresetError
+from keras_ssl.presets.sources import HF_PREFIX, LocalSource, parse_hf_handle
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+PREPROCESSING_FILE = "preprocessing.json"
+OPTIMIZER_CONFIG_FILE = "optimizer.json"
+OPTIMIZER_WEIGHTS_FILE = "optimizer.weights.h5"
+
+
+def _version():
+    import keras_ssl
+
+    return keras_ssl.__version__
+
+
+def _version_tuple(version):
+    parts = []
+    for piece in str(version).split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_version(saved_version, what):
+    """Refuses a preset written by a newer keras_ssl than the one installed."""
+    if saved_version and _version_tuple(saved_version) > _version_tuple(_version()):
+        raise PresetError(
+            f"{what} was written by keras_ssl {saved_version}, newer than the installed "
+            f"{_version()}: its config may use options this version lacks. Upgrade with "
+            "`pip install -U keras-ssl`."
+        )
+
+
+def _is_trainer(model):
+    from keras_ssl.trainer import ContrastiveTrainer
+
+    return isinstance(model, ContrastiveTrainer)
+
+
+def _to_json(value, what):
+    try:
+        return json.dumps(value, indent=2, sort_keys=True)
+    except TypeError as error:
+        raise PresetError(f"{what} must be JSON-serialisable: {error}.") from None
+
+
+def save_to_preset(model, preset_dir, metadata=None, preprocessing=None):
+    """Saves a backbone or a whole method model as a Keras-native preset directory.
+
+    Writes ``config.json`` (the Keras config), ``model.weights.h5``, ``metadata.json``
+    and, when given, ``preprocessing.json``. For a compiled method model (e.g.
+    ``keras_ssl.DINO`` after ``fit``) the optimizer's config and variables (step
+    counter included) go to ``optimizer.json`` / ``optimizer.weights.h5``, so
+    ``from_preset(dir, task="pretraining")`` continues the run: teacher, centre,
+    queue and schedules included.
+
+    Args:
+        model: a ``keras_ssl`` backbone or method model (any serialisable
+            ``keras.Model``), built.
+        preset_dir: directory to write (created; files of the same names are replaced).
+        metadata: dict merged into ``metadata.json``, e.g. ``{"method": "DINO",
+            "epochs": 100, "data": "ImageNet-1k train", "scores": {"imagenet_knn_top1":
+            74.5}, "license": "Apache-2.0"}``. Must be JSON-serialisable.
+        preprocessing: a :class:`keras_ssl.presets.Preprocessing` (or its config dict)
+            to store with the weights.
+
+    Returns:
+        The directory, as a ``pathlib.Path``.
+
+    Example:
+
+    ```python
+    import keras_ssl
+    backbone = keras_ssl.backbones.ResNet18(stem="cifar")
+    keras_ssl.save_to_preset(backbone, "/tmp/my_resnet", metadata={"license": "MIT"})
+    model, preprocess = keras_ssl.from_preset("/tmp/my_resnet")
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise PresetError(f"save_to_preset takes a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise PresetError(
+            f"Model {model.name!r} is not built: call it on a batch (or build it) before saving."
+        )
+    preset_dir = Path(preset_dir)
+    preset_dir.mkdir(parents=True, exist_ok=True)
+    trainer = _is_trainer(model)
+    info = {
+        "keras_ssl_version": _version(),
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "class_name": type(model).__name__,
+        "task": "pretraining" if trainer else "backbone",
+        "method": type(model).__name__ if trainer else None,
+        "epochs": None,
+        "data": None,
+        "scores": {},
+        "license": None,
+        "parameters": int(model.count_params()),
+    }
+    info.update(metadata or {})
+    config = keras.saving.serialize_keras_object(model)
+    config_text = _to_json(config, "The model config")
+    metadata_text = _to_json(info, "metadata")
+    if preprocessing is not None and not isinstance(preprocessing, dict):
+        preprocessing = keras.saving.serialize_keras_object(preprocessing)
+    (preset_dir / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+    (preset_dir / METADATA_FILE).write_text(metadata_text, encoding="utf-8")
+    if preprocessing is not None:
+        text = _to_json(preprocessing, "preprocessing")
+        (preset_dir / PREPROCESSING_FILE).write_text(text, encoding="utf-8")
+    model.save_weights(str(preset_dir / WEIGHTS_FILE), overwrite=True)
+    optimizer = getattr(model, "optimizer", None)
+    if trainer and optimizer is not None and optimizer.built:
+        _save_optimizer(optimizer, preset_dir)
+    else:
+        for name in (OPTIMIZER_CONFIG_FILE, OPTIMIZER_WEIGHTS_FILE):
+            (preset_dir / name).unlink(missing_ok=True)
+    return preset_dir
+
+
+def _save_optimizer(optimizer, preset_dir):
+    import h5py
+
+    config = keras.optimizers.serialize(optimizer)
+    (preset_dir / OPTIMIZER_CONFIG_FILE).write_text(
+        _to_json(config, "The optimizer config"), encoding="utf-8"
+    )
+    with h5py.File(preset_dir / OPTIMIZER_WEIGHTS_FILE, "w") as file:
+        for index, variable in enumerate(optimizer.variables):
+            data = file.create_dataset(str(index), data=keras.ops.convert_to_numpy(variable))
+            data.attrs["path"] = variable.path
+        file.attrs["count"] = len(optimizer.variables)
+
+
+def _restore_optimizer(model, source):
+    import h5py
+
+    config_path = source.get(OPTIMIZER_CONFIG_FILE, required=False)
+    weights_path = source.get(OPTIMIZER_WEIGHTS_FILE, required=False)
+    if config_path is None or weights_path is None:
+        return False
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    optimizer = keras.optimizers.deserialize(config)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    try:
+        with h5py.File(weights_path, "r") as file:
+            count = int(file.attrs["count"])
+            values = [np.asarray(file[str(i)]) for i in range(count)]
+    except (OSError, KeyError) as error:
+        raise PresetError(
+            f"{weights_path} is not a readable optimizer state ({error}): corrupt or truncated."
+        ) from None
+    if len(values) != len(optimizer.variables):
+        raise PresetError(
+            f"The saved optimizer has {len(values)} variables, the rebuilt one "
+            f"{len(optimizer.variables)}: the preset's optimizer does not fit this model."
+        )
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        if tuple(variable.shape) != value.shape:
+            raise PresetError(
+                f"Optimizer variable {variable.path} has shape {tuple(variable.shape)}, the "
+                f"preset {value.shape}: the preset's optimizer does not fit this model."
+            )
+        variable.assign(value)
+    return True
+
+
+def read_json(path, what):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PresetError(f"{what} ({path}) is not readable JSON: {error}.") from None
+
+
+def is_native_config(config):
+    return isinstance(config, dict) and "class_name" in config and "config" in config
+
+
+def load_native(source, overrides=None):
+    """``(model, metadata, preprocessing or None)`` from a Keras-native preset source.
+
+    ``overrides`` update a backbone's config (e.g. ``{"output": "tokens"}``) before it
+    is built; the weights must still fit.
+    """
+    import keras_ssl  # noqa: F401  (registers the serialisable classes)
+    from keras_ssl.presets.preprocessing import Preprocessing
+
+    metadata = read_json(source.get(METADATA_FILE), f"{source.description}: {METADATA_FILE}")
+    check_version(metadata.get("keras_ssl_version"), f"The preset {source.description}")
+    config = read_json(source.get(CONFIG_FILE), f"{source.description}: {CONFIG_FILE}")
+    if not is_native_config(config):
+        raise PresetError(f"{source.description}: {CONFIG_FILE} is not a Keras model config.")
+    if overrides:
+        config = json.loads(json.dumps(config))
+        config["config"].update(overrides)
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except (TypeError, ValueError) as error:
+        raise PresetError(
+            f"Cannot rebuild the model of {source.description} from {CONFIG_FILE}: {error}. If "
+            "the preset comes from another keras_ssl version, upgrade keras_ssl; if you passed "
+            "config overrides, check their names."
+        ) from None
+    weights = source.get(WEIGHTS_FILE)
+    try:
+        model.load_weights(weights)
+    except OSError as error:
+        raise PresetError(
+            f"{weights} is not a readable .weights.h5 file ({error}): it is corrupt or "
+            "truncated. Download or save the preset again."
+        ) from None
+    except ValueError as error:
+        raise PresetError(
+            f"The weights of {source.description} do not fit the model its {CONFIG_FILE} "
+            f"describes: {error}"
+        ) from None
+    preprocessing = None
+    path = source.get(PREPROCESSING_FILE, required=False)
+    if path is not None:
+        spec = read_json(path, f"{source.description}: {PREPROCESSING_FILE}")
+        preprocessing = keras.saving.deserialize_keras_object(
+            spec, custom_objects={"Preprocessing": Preprocessing}, safe_mode=True
+        )
+    return model, metadata, preprocessing
+
+
+def upload_preset(uri, preset_dir, token=None, private=None, commit_message=None, revision=None):
+    """Uploads a Keras-native preset directory to the Hugging Face Hub.
+
+    Creates the repository if needed (``HfApi.create_repo(exist_ok=True)``) and uploads
+    the folder with ``HfApi.upload_folder``. Needs network access and a token with write
+    access (``hf auth login`` or ``token=``).
+
+    Args:
+        uri: ``"hf://org/name"`` (``"hf://org/name@branch"`` uploads to that branch).
+        preset_dir: a directory written by :func:`save_to_preset`.
+        token, private: passed to ``huggingface_hub``.
+        commit_message: defaults to "Upload keras_ssl preset <name>".
+        revision: the branch to commit to (overrides the ``@branch`` of ``uri``).
+
+    Returns:
+        ``huggingface_hub``'s ``CommitInfo``.
+
+    Example:
+
+    ```python
+    import keras_ssl
+    # keras_ssl.save_to_preset(model, "my_dino")
+    # keras_ssl.upload_preset("hf://my-org/my-dino", "my_dino")
+    ```
+    """
+    if not isinstance(uri, str) or not uri.startswith(HF_PREFIX):
+        raise PresetError(
+            f"upload_preset uploads to the Hugging Face Hub: pass 'hf://org/name', got {uri!r}."
+        )
+    repo, handle_revision = parse_hf_handle(uri)
+    revision = revision or handle_revision
+    local = LocalSource(preset_dir)
+    if not Path(preset_dir).is_dir():
+        raise PresetError(f"Preset directory {str(preset_dir)!r} does not exist.")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+        local.get(name)  # raises a clear error when a file is missing
+    metadata = read_json(local.get(METADATA_FILE), METADATA_FILE)
+    if not is_native_config(read_json(local.get(CONFIG_FILE), CONFIG_FILE)):
+        raise PresetError(f"{preset_dir}: {CONFIG_FILE} is not a Keras model config.")
+    for entry in os.scandir(preset_dir):
+        if entry.is_symlink():
+            raise PresetError(f"{entry.path} is a symbolic link: upload only plain files.")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+    message = commit_message or (
+        f"Upload keras_ssl preset {Path(preset_dir).name} "
+        f"({metadata.get('class_name')}, keras_ssl {metadata.get('keras_ssl_version')})"
+    )
+    return api.upload_folder(
+        repo_id=repo,
+        folder_path=str(preset_dir),
+        repo_type="model",
+        revision=revision,
+        commit_message=message,
+    )

@@ -1,0 +1,193 @@
+"""Keras-native presets: save_to_preset -> from_preset round trips, errors, upload_preset."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_ssl
+from keras_ssl.backbones import ConvNet
+from keras_ssl.presets import Preprocessing, PresetError
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _images(n=4, size=16, channels=1, seed=0):
+    return np.random.default_rng(seed).uniform(size=(n, size, size, channels)).astype("float32")
+
+
+def _dino():
+    return keras_ssl.DINO(
+        ConvNet(widths=(8, 16), input_channels=1),
+        output_dim=32,
+        hidden_dim=16,
+        bottleneck_dim=8,
+        warmup_teacher_temperature_epochs=1,
+    )
+
+
+def _views(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(rng.uniform(size=(n, s, s, 1)).astype("float32") for s in (16, 16, 8, 8))
+
+
+def test_backbone_round_trip_with_preprocessing(tmp_path):
+    backbone = ConvNet(widths=(8, 16), input_channels=1)
+    images = _images()
+    expected = _np(backbone(images))
+    preprocess = Preprocessing(resize_size=None, crop_size=12, mean=(0.5,), std=(0.25,))
+    keras_ssl.save_to_preset(
+        backbone, tmp_path / "p", metadata={"license": "MIT", "epochs": 3}, preprocessing=preprocess
+    )
+    metadata = json.loads((tmp_path / "p" / "metadata.json").read_text())
+    assert metadata["license"] == "MIT" and metadata["epochs"] == 3
+    assert metadata["keras_ssl_version"] == keras_ssl.__version__
+    assert metadata["class_name"] == "ConvNet" and metadata["task"] == "backbone"
+    model, restored = keras_ssl.from_preset(tmp_path / "p")
+    np.testing.assert_array_equal(_np(model(images)), expected)
+    assert restored.get_config() == preprocess.get_config()
+    with pytest.raises(PresetError, match="backbone only; it has no head"):
+        keras_ssl.from_preset(tmp_path / "p", include_head=True)
+    with pytest.raises(PresetError, match="not a method model"):
+        keras_ssl.from_preset(tmp_path / "p", task="pretraining")
+
+
+def test_dino_round_trip_continues_pretraining(tmp_path):
+    model = _dino()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.0))
+    model.fit(_views(), batch_size=8, epochs=2, verbose=0)
+    assert np.any(_np(model.center) != 0)
+    keras_ssl.save_to_preset(model, tmp_path / "dino", metadata={"data": "random"})
+
+    restored, _ = keras_ssl.from_preset(tmp_path / "dino", task="pretraining")
+    assert isinstance(restored, keras_ssl.DINO)
+    assert int(_np(restored.optimizer.iterations)) == int(_np(model.optimizer.iterations)) == 2
+    for a, b in zip(restored.weights, model.weights, strict=True):
+        assert a.path == b.path
+        np.testing.assert_array_equal(_np(a), _np(b))
+    np.testing.assert_array_equal(_np(restored.center), _np(model.center))
+    for a, b in zip(restored.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(_np(a), _np(b))
+
+    # The default backbone of a DINO preset is the teacher (the published encoder).
+    teacher, _ = keras_ssl.from_preset(tmp_path / "dino")
+    images = _images()
+    np.testing.assert_allclose(
+        _np(teacher(images)), _np(model.teacher_backbone(images)), rtol=1e-5, atol=1e-6
+    )
+    student, _ = keras_ssl.from_preset(tmp_path / "dino", encoder="student")
+    np.testing.assert_array_equal(
+        [_np(w) for w in student.weights][0], _np(restored.backbone.weights[0])
+    )
+    with_head, _ = keras_ssl.from_preset(tmp_path / "dino", include_head=True)
+    saved = keras_ssl.from_preset(tmp_path / "dino", task="pretraining").model
+    np.testing.assert_allclose(
+        _np(with_head(images)),
+        _np(saved.teacher_head(saved.teacher_backbone(images))),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+    # Both continue identically: teacher, centre, schedules and Adam moments all came back.
+    views = _views(seed=1)
+    model.fit(views, batch_size=8, epochs=1, verbose=0)
+    restored.fit(views, batch_size=8, epochs=1, verbose=0)
+    for a, b in zip(restored.weights, model.weights, strict=True):
+        np.testing.assert_allclose(_np(a), _np(b), rtol=1e-5, atol=1e-6)
+
+
+def test_native_errors(tmp_path):
+    backbone = ConvNet(widths=(8, 16), input_channels=1)
+    keras_ssl.save_to_preset(backbone, tmp_path / "p")
+    with pytest.raises(PresetError, match="has no file 'model.weights.h5'"):
+        (tmp_path / "q").mkdir()
+        for name in ("config.json", "metadata.json"):
+            (tmp_path / "q" / name).write_bytes((tmp_path / "p" / name).read_bytes())
+        keras_ssl.from_preset(tmp_path / "q")
+
+    weights = tmp_path / "p" / "model.weights.h5"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(PresetError, match="corrupt or truncated"):
+        keras_ssl.from_preset(tmp_path / "p")
+    weights.write_bytes(good)
+
+    config_path = tmp_path / "p" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["config"]["widths"] = [8, 32]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(PresetError, match="do not fit the model"):
+        keras_ssl.from_preset(tmp_path / "p")
+
+    metadata_path = tmp_path / "p" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["keras_ssl_version"] = "9.1.0"
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(PresetError, match=r"keras_ssl 9.1.0, newer than the installed.*pip"):
+        keras_ssl.from_preset(tmp_path / "p")
+
+
+def test_upload_preset_calls_the_hub_api(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    keras_ssl.save_to_preset(ConvNet(widths=(4,), input_channels=1), tmp_path / "p")
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create"] = (repo_id, kwargs)
+
+    def upload_folder(self, **kwargs):
+        calls["upload"] = kwargs
+        return "commit-info"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    result = keras_ssl.upload_preset("hf://my-org/my-convnet@dev", tmp_path / "p")
+    assert result == "commit-info"
+    assert calls["create"][0] == "my-org/my-convnet" and calls["create"][1]["exist_ok"]
+    upload = calls["upload"]
+    assert upload["repo_id"] == "my-org/my-convnet"
+    assert upload["folder_path"] == str(tmp_path / "p")
+    assert upload["revision"] == "dev"
+    assert "ConvNet" in upload["commit_message"]
+    with pytest.raises(PresetError, match="pass 'hf://org/name'"):
+        keras_ssl.upload_preset("my-org/my-convnet", tmp_path / "p")
+    (tmp_path / "p" / "metadata.json").unlink()
+    with pytest.raises(PresetError, match="has no file 'metadata.json'"):
+        keras_ssl.upload_preset("hf://my-org/my-convnet", tmp_path / "p")
+
+
+def test_preprocessing_matches_numpy():
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 10, 14, 3)).astype("uint8")
+    layer = Preprocessing(resize_size=None, crop_size=6, mean=(0.1, 0.2, 0.3), std=(0.5, 2, 4))
+    x = images.astype("float32") / 255.0
+    top, left = 2, 4  # round((10 - 6) / 2), round((14 - 6) / 2)
+    expected = (x[:, top : top + 6, left : left + 6] - np.array([0.1, 0.2, 0.3])) / np.array(
+        [0.5, 2, 4]
+    )
+    np.testing.assert_allclose(_np(layer(images)), expected, rtol=1e-6, atol=1e-6)
+    resize = Preprocessing(resize_size=8, crop_size=8)
+    assert resize.output_size(300, 400) == (8, 8)
+    assert resize._resized(300, 400) == (8, 10)  # torchvision: int(8 * 400 / 300)
+    assert tuple(resize(np.zeros((20, 30, 3), "float32")).shape) == (8, 8, 3)
+    restored = Preprocessing.from_config(layer.get_config())
+    np.testing.assert_array_equal(_np(restored(images)), _np(layer(images)))
+
+
+def test_keras_native_preset_from_the_hub_cache(tmp_path):
+    from tests.presets._preset_support import SHA, make_hf_cache
+
+    backbone = ConvNet(widths=(8,), input_channels=1)
+    keras_ssl.save_to_preset(backbone, tmp_path / "p", preprocessing=Preprocessing(None, 8))
+    files = {p.name: p.read_bytes() for p in (tmp_path / "p").iterdir()}
+    make_hf_cache(tmp_path / "hf", "me/my-convnet", files)
+    model, preprocess = keras_ssl.from_preset(
+        f"hf://me/my-convnet@{SHA}", cache_dir=tmp_path / "hf", local_files_only=True
+    )
+    images = _images()
+    np.testing.assert_array_equal(_np(model(images)), _np(backbone(images)))
+    assert preprocess.crop_size == 8
