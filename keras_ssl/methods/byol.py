@@ -46,6 +46,8 @@ class BYOL(ContrastiveTrainer):
     ```
     """
 
+    min_batch_size = 2  # the heads' batch norm: one image normalises to a constant
+
     def __init__(
         self,
         backbone,

@@ -1,11 +1,13 @@
 """DINO (Caron et al. 2021)."""
 
+import threading
 import warnings
 
 import keras
 from keras import ops
 
 from keras_ssl.layers.dino_head import DINOHead
+from keras_ssl.ops import distributed
 from keras_ssl.ops.dino import dino_center_update, dino_loss
 from keras_ssl.ops.schedules import cosine_schedule, linear_schedule
 from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
@@ -108,6 +110,8 @@ class DINO(ContrastiveTrainer):
         self.weight_decay = weight_decay
         self.final_weight_decay = final_weight_decay
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        # Per thread: tf.distribute runs the replicas' steps in parallel threads.
+        self._pre_update = threading.local()
         self.head = DINOHead(
             output_dim=output_dim,
             hidden_dim=hidden_dim,
@@ -169,7 +173,12 @@ class DINO(ContrastiveTrainer):
         )
         if training:
             self.center.assign(
-                dino_center_update(self.center, list(teacher_logits), self.center_momentum)
+                dino_center_update(
+                    self.center,
+                    list(teacher_logits),
+                    self.center_momentum,
+                    reduce_mean=distributed.global_batch_mean,  # the global batch's mean
+                )
             )
         return loss, {}
 
@@ -178,12 +187,26 @@ class DINO(ContrastiveTrainer):
             self.freeze_last_layer_epochs
         )
         last_layer = {id(v) for v in self.last_layer_variables()}
+        # Per-variable learning rates: the values before the optimizer's update, which
+        # `after_optimizer_step` scales by the multipliers.
+        self._pre_update.values = [
+            ops.stop_gradient(ops.copy(v.value)) for v, _ in self._scaled_variables()
+        ]
         return [
             ops.where(frozen, ops.zeros_like(g), g) if g is not None and id(v) in last_layer else g
             for g, v in zip(gradients, self.trainable_variables, strict=True)
         ]
 
     def after_optimizer_step(self):
+        multipliers = {}
+        for (variable, multiplier), before in zip(
+            self._scaled_variables(), getattr(self._pre_update, "values", None) or [], strict=True
+        ):
+            # An optimizer's update is linear in its learning rate (SGD, momentum, Adam's
+            # moments do not depend on it), so scaling the step scales the rate.
+            variable.assign(before + ops.cast(multiplier, before.dtype) * (variable - before))
+            multipliers[id(variable)] = multiplier
+        self._pre_update.values = None
         if self.weight_decay or self.final_weight_decay:
             if getattr(self.optimizer, "weight_decay", None):
                 warnings.warn(
@@ -196,10 +219,14 @@ class DINO(ContrastiveTrainer):
             for _, student in self.teacher_student_pairs():
                 for variable in student.trainable_weights:
                     if len(variable.shape) > 1:  # not biases and norms, as the paper
-                        variable.assign(variable * ops.cast(1.0 - rate, variable.dtype))
+                        decay = rate * multipliers.get(id(variable), 1.0)
+                        variable.assign(variable * ops.cast(1.0 - decay, variable.dtype))
         momentum = self.teacher_momentum()
         for teacher, student in self.teacher_student_pairs():
             self.update_teacher(teacher, student, momentum)
+
+    def _scaled_variables(self):
+        return [(v, m) for v, m in self.learning_rate_multipliers() if m != 1.0]
 
     # ---- hooks for subclasses (DINOv2) ---------------------------------------------------
     def teacher_student_pairs(self):
@@ -209,6 +236,12 @@ class DINO(ContrastiveTrainer):
     def last_layer_variables(self):
         """Variables frozen during the first `freeze_last_layer_epochs` epochs."""
         return list(self.head.last_layer_variables)
+
+    def learning_rate_multipliers(self):
+        """`(variable, multiplier)` pairs: these train at `multiplier` times the optimizer's
+        learning rate (and decay at that multiple too). DINO: none; DINOv2: layer-wise decay.
+        """
+        return []
 
     def get_config(self):
         config = super().get_config()

@@ -5,10 +5,13 @@ from keras import ops
 
 from keras_ssl.layers.dino_head import DINOHead
 from keras_ssl.methods.dino import DINO
+from keras_ssl.ops import distributed
 from keras_ssl.ops.dino import dino_center_update
 from keras_ssl.ops.ibot import ibot_patch_loss
 from keras_ssl.ops.koleo import koleo_loss
+from keras_ssl.ops.masking import block_masks
 from keras_ssl.ops.sinkhorn_knopp import sinkhorn_knopp
+from keras_ssl.optimizers.layer_decay import vit_layer_decay
 
 _CENTERINGS = ("centering", "sinkhorn_knopp")
 
@@ -36,10 +39,9 @@ class DINOv2(DINO):
 
     - **iBOT masked patch loss** (`keras_ssl.ops.ibot_patch_loss`): of the `2N` global
       crops of a batch, `floor(mask_probability * 2N)` chosen at random are masked (as
-      DINOv2's collate function), each with a mask ratio drawn uniformly in `mask_ratio`
-      (rounded to whole patches inside the range). The masked patches are a random
-      subset of the patch positions; DINOv2 masks blocks (`MaskingGenerator`), which this
-      implementation does not. The student sees the masked global crops (the ViT's
+      DINOv2's collate function), with mask ratios spread over `mask_ratio`, in
+      rectangular blocks (`keras_ssl.ops.block_masks`, BEiT's block-wise masking, as
+      DINOv2's `MaskingGenerator`). The student sees the masked global crops (the ViT's
       `mask_token` replaces the masked patch embeddings), the teacher the unmasked ones;
       a separate `patch_head` (a second `DINOHead`, `ibot_separate_head=True`) maps the
       patch tokens; the loss is the cross-entropy between the teacher's and the student's
@@ -77,6 +79,10 @@ class DINOv2(DINO):
         ibot_separate_head: a separate patch head (True); False shares the CLS head.
         ibot_output_dim, ibot_hidden_dim, ibot_bottleneck_dim: the patch head's widths
             (`None`: as the CLS head).
+        layerwise_decay: layer-wise learning-rate decay of the ViT (0.9;
+            `keras_ssl.optimizers.vit_layer_decay`; 1.0 for none). The heads train at the
+            optimizer's rate.
+        patch_embed_lr_multiplier: extra learning-rate factor of the patch embedding (0.2).
         seed: seed of the mask sampler.
 
     Example:
@@ -95,6 +101,7 @@ class DINOv2(DINO):
     """
 
     metric_names = ("dino_loss", "ibot_loss", "koleo_loss")
+    min_batch_size = 2  # KoLeo needs a nearest neighbour in the batch
 
     def __init__(
         self,
@@ -113,6 +120,8 @@ class DINOv2(DINO):
         ibot_output_dim=None,
         ibot_hidden_dim=None,
         ibot_bottleneck_dim=None,
+        layerwise_decay=0.9,
+        patch_embed_lr_multiplier=0.2,
         seed=None,
         **kwargs,
     ):
@@ -153,6 +162,8 @@ class DINOv2(DINO):
         self.ibot_output_dim = ibot_output_dim
         self.ibot_hidden_dim = ibot_hidden_dim
         self.ibot_bottleneck_dim = ibot_bottleneck_dim
+        self.layerwise_decay = float(layerwise_decay)
+        self.patch_embed_lr_multiplier = float(patch_embed_lr_multiplier)
         self.seed = seed
         if self.ibot_separate_head:
             self.patch_head = DINOHead(
@@ -177,43 +188,74 @@ class DINOv2(DINO):
         self.seed_generator = keras.random.SeedGenerator(seed, name="mask_seed_generator")
 
     # ---- masks ---------------------------------------------------------------------------
-    def sample_masks(self, num_images, num_patches):
-        """Boolean `(num_images, num_patches)` iBOT masks, True for masked patches.
+    def sample_masks(self, num_images, grid_shape):
+        """Boolean `(num_images, h * w)` iBOT masks of an `(h, w)` patch grid, True where
+        a patch is masked, as DINOv2's collate function draws them.
 
-        `floor(mask_probability * num_images)` images, chosen at random, get a random
-        subset of `k` patches masked, `k` uniform among the whole numbers of patches whose
-        fraction lies in `mask_ratio` (at least one); the others none. Draws from
-        `seed_generator`.
+        `floor(mask_probability * num_images)` images, chosen at random, are masked; the
+        `i`-th of those `n` gets a ratio uniform in the `i`-th of `n` equal slices of
+        `mask_ratio` (so the ratios spread over the range), and `floor(ratio * h * w)`
+        patches masked in blocks (`keras_ssl.ops.block_masks`, blocks of at most half
+        the patches); the other images none. Draws from `seed_generator`.
         """
-        lo = max(int(-(-self.mask_ratio[0] * num_patches // 1)), 1)
-        hi = max(int(self.mask_ratio[1] * num_patches), lo)
+        height, width = (int(d) for d in grid_shape)
+        num_patches = height * width
         if self.mask_probability == 0:
             return ops.zeros((num_images, num_patches), dtype="bool")
         # `num_images` may be a tensor (TensorFlow graphs retraced with a relaxed batch size).
         num_masked_images = ops.floor(self.mask_probability * ops.cast(num_images, "float32"))
-        image_noise = keras.random.uniform((num_images,), seed=self.seed_generator)
-        image_rank = ops.cast(ops.argsort(ops.argsort(image_noise)), "float32")
-        masked_image = image_rank < num_masked_images
-        u = keras.random.uniform((num_images, 1), seed=self.seed_generator)
-        count = ops.minimum(ops.floor(lo + u * (hi - lo + 1)), float(hi))
-        patch_noise = keras.random.uniform((num_images, num_patches), seed=self.seed_generator)
-        patch_rank = ops.cast(ops.argsort(ops.argsort(patch_noise, axis=1), axis=1), "float32")
-        return ops.logical_and(patch_rank < count, ops.expand_dims(masked_image, 1))
+        noise = keras.random.uniform((2, num_images), seed=self.seed_generator)
+        rank = ops.cast(ops.argsort(ops.argsort(noise[0])), "float32")
+        lo, hi = self.mask_ratio
+        slice_width = (hi - lo) / ops.maximum(num_masked_images, 1.0)
+        ratio = lo + (rank + noise[1]) * slice_width
+        target = ops.where(rank < num_masked_images, ops.floor(ratio * num_patches), 0.0)
+        return block_masks(
+            target,
+            (height, width),
+            seed=self.seed_generator,
+            max_block_patches=0.5 * num_patches,
+        )
 
-    def _num_patches(self, view):
+    def _sample_replica_masks(self, num_images, grid_shape):
+        """`sample_masks` for this replica's `num_images` global crops. In data-parallel
+        training every replica (same seed state) draws the masks of the global batch and
+        keeps its own rows, so the masks are the single-device ones."""
+        world = distributed.world_size()
+        if world == 1:
+            return self.sample_masks(num_images, grid_shape)
+        n = num_images // 2
+        masks = self.sample_masks(num_images * world, grid_shape)
+        own = ops.cast(distributed.replica_id(), "int32") * n + ops.arange(n, dtype="int32")
+        rows = ops.concatenate([own, own + n * world], axis=0)  # first views, then second
+        return ops.take(masks, rows, axis=0)
+
+    def _patch_grid(self, view):
         patch = int(self.backbone.patch_size)
-        return (int(view.shape[1]) // patch) * (int(view.shape[2]) // patch)
+        return int(view.shape[1]) // patch, int(view.shape[2]) // patch
 
     # ---- teacher targets -----------------------------------------------------------------
     def teacher_probabilities(self, logits, center, temperature, training):
         """Teacher distributions of `(B, K)` logits: Sinkhorn-Knopp, or centred + sharpened
         with `center` updated (in training)."""
         if self.centering == "sinkhorn_knopp":
-            return sinkhorn_knopp(logits, temperature, num_iterations=self.sinkhorn_iterations)
+            if distributed.world_size() == 1:
+                return sinkhorn_knopp(logits, temperature, num_iterations=self.sinkhorn_iterations)
+            return sinkhorn_knopp(  # over the global batch
+                logits,
+                temperature,
+                num_iterations=self.sinkhorn_iterations,
+                reduce_sum=distributed.all_reduce_sum,
+                reduce_max=distributed.all_reduce_max,
+            )
         logits = ops.cast(ops.stop_gradient(logits), "float32")
         probs = ops.softmax((logits - ops.cast(center, "float32")) / temperature, axis=-1)
         if training:
-            center.assign(dino_center_update(center, logits, self.center_momentum))
+            center.assign(
+                dino_center_update(
+                    center, logits, self.center_momentum, reduce_mean=distributed.global_batch_mean
+                )
+            )
         return probs
 
     # ---- the step ------------------------------------------------------------------------
@@ -230,9 +272,10 @@ class DINOv2(DINO):
         if tuple(views[0].shape[1:]) != tuple(views[1].shape[1:]):
             raise ValueError("DINOv2's two global views must have the same size.")
         globals_ = ops.concatenate(views[:2], axis=0)
-        num_patches = self._num_patches(views[0])
+        grid = self._patch_grid(views[0])
+        num_patches = grid[0] * grid[1]
         if masks is None:
-            masks = self.sample_masks(ops.shape(globals_)[0], num_patches)
+            masks = self._sample_replica_masks(ops.shape(globals_)[0], grid)
 
         # Student: masked global crops (CLS + patch tokens), local crops (CLS only).
         student = self.backbone.forward_features(globals_, masks=masks, training=training)
@@ -286,6 +329,9 @@ class DINOv2(DINO):
             variables += list(self.patch_head.last_layer_variables)
         return variables
 
+    def learning_rate_multipliers(self):
+        return vit_layer_decay(self.backbone, self.layerwise_decay, self.patch_embed_lr_multiplier)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -300,6 +346,8 @@ class DINOv2(DINO):
                 "ibot_output_dim": self.ibot_output_dim,
                 "ibot_hidden_dim": self.ibot_hidden_dim,
                 "ibot_bottleneck_dim": self.ibot_bottleneck_dim,
+                "layerwise_decay": self.layerwise_decay,
+                "patch_embed_lr_multiplier": self.patch_embed_lr_multiplier,
                 "seed": self.seed,
             }
         )

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.ops import distributed
 from keras_ssl.ops.info_nce import info_nce_accuracy, info_nce_loss
 from keras_ssl.ops.normalize import l2_normalize
 from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
@@ -29,7 +30,9 @@ class MoCoV2(ContrastiveTrainer):
 
     Shuffling batch norm (the paper's guard against batch-statistics leakage
     between query and key across GPUs) is not needed on one device, where
-    the key encoder's batch holds only keys.
+    the key encoder's batch holds only keys; in data-parallel training,
+    `keras_ssl.distributed.convert_sync_batchnorm` keeps it so (global statistics,
+    as on one device). The queue receives the keys of the whole global batch.
 
     Args:
         backbone: the encoder `f`.
@@ -100,6 +103,8 @@ class MoCoV2(ContrastiveTrainer):
         if len(views) != 2:
             raise ValueError(f"MoCo-v2 takes 2 views per image (query, key), got {len(views)}.")
         batch_size = views[0].shape[0]
+        if batch_size is not None:
+            batch_size *= distributed.world_size()  # the queue receives the global batch
         if batch_size is not None and batch_size > self.queue_size:
             raise ValueError(
                 f"The MoCo queue ({self.queue_size} keys) is smaller than the batch "
@@ -118,7 +123,12 @@ class MoCoV2(ContrastiveTrainer):
         return loss, {"contrastive_accuracy": accuracy}
 
     def _enqueue(self, keys):
-        """Writes the batch's keys over the oldest ones (a ring buffer) and moves the pointer."""
+        """Writes the batch's keys over the oldest ones (a ring buffer) and moves the pointer.
+
+        In data-parallel training the keys of the whole global batch, gathered in replica
+        order, so every replica's queue is the single-device queue.
+        """
+        keys = distributed.all_gather(keys)
         keys = ops.cast(keys, self.queue.dtype)
         keys = l2_normalize(keys, axis=1)
         count = ops.shape(keys)[0]

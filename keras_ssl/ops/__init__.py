@@ -6,12 +6,14 @@ from keras_ssl.ops.ema import ema_update
 from keras_ssl.ops.ibot import ibot_patch_loss
 from keras_ssl.ops.info_nce import info_nce_accuracy, info_nce_loss
 from keras_ssl.ops.koleo import koleo_loss
+from keras_ssl.ops.masking import block_masks
 from keras_ssl.ops.normalize import l2_normalize
 from keras_ssl.ops.nt_xent import contrastive_accuracy, nt_xent_loss
 from keras_ssl.ops.schedules import cosine_schedule, linear_schedule, linear_warmup_cosine
 from keras_ssl.ops.sinkhorn_knopp import sinkhorn_knopp
 
 __all__ = [
+    "block_masks",
     "byol_loss",
     "contrastive_accuracy",
     "cosine_schedule",

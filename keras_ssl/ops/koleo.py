@@ -2,10 +2,11 @@
 
 from keras import ops
 
+from keras_ssl.ops import distributed
 from keras_ssl.ops.normalize import l2_normalize
 
 
-def koleo_loss(embeddings, eps=1e-8):
+def koleo_loss(embeddings, eps=1e-8, gather_distributed=True):
     """KoLeo regulariser (Sablayrolles et al. 2019, "Spreading vectors for
     similarity search", Sec. 4; weight 0.1 on the class tokens in DINOv2).
 
@@ -25,6 +26,11 @@ def koleo_loss(embeddings, eps=1e-8):
     Args:
         embeddings: `(n, D)` embeddings, `n >= 2`.
         eps: added to the distances before the log.
+        gather_distributed: in data-parallel training, look for each embedding's
+            nearest neighbour among the embeddings of the whole global batch
+            (gathered from every replica, gradients flowing back), so that the loss
+            equals one device's on the global batch; `False` keeps the search within
+            the replica's batch (DINOv2's code). No effect on one device.
 
     Returns:
         A float32 scalar.
@@ -44,10 +50,18 @@ def koleo_loss(embeddings, eps=1e-8):
         raise ValueError(f"koleo_loss needs at least 2 embeddings, got {x.shape[0]}.")
     x = ops.cast(x, "float32")
     x = l2_normalize(x, axis=1)
-    similarity = ops.stop_gradient(ops.matmul(x, ops.transpose(x)))
-    n = ops.shape(x)[0]
-    similarity = ops.where(ops.eye(n, dtype="bool"), -3.0, similarity)
-    neighbour = ops.take(x, ops.argmax(similarity, axis=1), axis=0)
+    if gather_distributed and distributed.world_size() > 1:
+        candidates = distributed.all_gather(x)
+        n = ops.shape(x)[0]
+        own = ops.cast(distributed.replica_id(), "int32") * n + ops.arange(n, dtype="int32")
+        columns = ops.arange(ops.shape(candidates)[0], dtype="int32")
+        is_self = ops.equal(ops.expand_dims(own, 1), ops.expand_dims(columns, 0))
+    else:
+        candidates = x
+        is_self = ops.eye(ops.shape(x)[0], dtype="bool")
+    similarity = ops.stop_gradient(ops.matmul(x, ops.transpose(candidates)))
+    similarity = ops.where(is_self, -3.0, similarity)
+    neighbour = ops.take(candidates, ops.argmax(similarity, axis=1), axis=0)
     squared = ops.sum(ops.square(x - neighbour), axis=1)
     # The floor keeps sqrt's gradient finite for duplicates; it is far below eps.
     distance = ops.sqrt(ops.maximum(squared, 1e-24))

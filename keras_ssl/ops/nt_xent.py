@@ -2,6 +2,7 @@
 
 from keras import ops
 
+from keras_ssl.ops import distributed
 from keras_ssl.ops.normalize import l2_normalize
 
 
@@ -25,7 +26,38 @@ def _joint_similarities(z_a, z_b, temperature):
     return logits, positive_mask
 
 
-def nt_xent_loss(z_a, z_b, temperature=0.5):
+def _global_similarities(z_a, z_b, temperature):
+    """`_joint_similarities` of this replica's 2n anchors against the 2N views of the
+    global batch (gathered from every replica, gradients flowing back to the local ones).
+
+    Column layout as on one device with the global batch: first views of replicas
+    0..W-1, then second views; this replica's images sit at `replica_id * n`.
+    """
+    z_local = l2_normalize(ops.cast(ops.concatenate([z_a, z_b], axis=0), "float32"), axis=1)
+    n = ops.shape(z_a)[0]
+    a_local, b_local = z_local[:n], z_local[n:]
+    candidates = ops.concatenate(
+        [distributed.all_gather(a_local), distributed.all_gather(b_local)], axis=0
+    )
+    logits = ops.matmul(z_local, ops.transpose(candidates)) / temperature
+    global_n = ops.shape(candidates)[0] // 2
+    own = ops.cast(distributed.replica_id(), "int32") * n + ops.arange(n, dtype="int32")
+    self_columns = ops.concatenate([own, own + global_n], axis=0)
+    positive_columns = ops.concatenate([own + global_n, own], axis=0)
+    columns = ops.expand_dims(ops.arange(2 * global_n, dtype="int32"), 0)
+    self_mask = ops.equal(ops.expand_dims(self_columns, 1), columns)
+    logits = ops.where(self_mask, ops.cast(-1e9, logits.dtype), logits)
+    positive_mask = ops.cast(ops.equal(ops.expand_dims(positive_columns, 1), columns), "float32")
+    return logits, positive_mask
+
+
+def _similarities(z_a, z_b, temperature, gather_distributed):
+    if gather_distributed and distributed.world_size() > 1:
+        return _global_similarities(z_a, z_b, temperature)
+    return _joint_similarities(z_a, z_b, temperature)
+
+
+def nt_xent_loss(z_a, z_b, temperature=0.5, gather_distributed=True):
     """NT-Xent loss of SimCLR (Chen et al. 2020, "A Simple Framework for
     Contrastive Learning of Visual Representations", eq. 1).
 
@@ -47,6 +79,11 @@ def nt_xent_loss(z_a, z_b, temperature=0.5):
             as row `i` of `z_a`.
         temperature: the temperature `T` (0.5 in the paper's CIFAR-10
             runs, 0.1 for ImageNet with large batches).
+        gather_distributed: in data-parallel training, contrast this replica's
+            anchors with the views of the whole global batch (gathered from all
+            replicas, `keras_ssl.ops.distributed.all_gather`), so that the loss
+            and its gradient equal one device's on the global batch; `False` keeps
+            the negatives local. No effect on one device.
 
     Returns:
         A float32 scalar.
@@ -69,12 +106,12 @@ def nt_xent_loss(z_a, z_b, temperature=0.5):
             f"NT-Xent needs at least 2 images per batch to have negatives, got {z_a.shape[0]}. "
             "Increase the batch size."
         )
-    logits, positive_mask = _joint_similarities(z_a, z_b, temperature)
+    logits, positive_mask = _similarities(z_a, z_b, temperature, gather_distributed)
     positive_logit = ops.sum(logits * positive_mask, axis=1)
     return ops.mean(ops.logsumexp(logits, axis=1) - positive_logit)
 
 
-def contrastive_accuracy(z_a, z_b):
+def contrastive_accuracy(z_a, z_b, gather_distributed=True):
     """Fraction of the 2N anchors whose most similar other view is their positive.
 
     The top-1 accuracy of the NT-Xent classification task: for anchor `i`,
@@ -90,7 +127,7 @@ def contrastive_accuracy(z_a, z_b):
     """
     z_a = ops.stop_gradient(ops.convert_to_tensor(z_a))
     z_b = ops.stop_gradient(ops.convert_to_tensor(z_b))
-    logits, positive_mask = _joint_similarities(z_a, z_b, 1.0)
+    logits, positive_mask = _similarities(z_a, z_b, 1.0, gather_distributed)
     predicted = ops.argmax(logits, axis=1)
     positive = ops.argmax(positive_mask, axis=1)
     return ops.mean(ops.cast(ops.equal(predicted, positive), "float32"))

@@ -7,7 +7,7 @@ def _identity(x):
     return x
 
 
-def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=None):
+def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=None, reduce_max=None):
     """Sinkhorn-Knopp normalisation (Caron et al. 2020, "Unsupervised Learning
     of Visual Features by Contrasting Cluster Assignments" (SwAV), Sec. 3.1 and
     Algorithm 1; the teacher centring of DINOv2, Oquab et al. 2023, Sec. 4).
@@ -27,10 +27,10 @@ def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=Non
     result sums to `B / K`. Gradient-free (the inputs are wrapped in
     `ops.stop_gradient`) and computed in float32.
 
-    For numerical range the logits' maximum is subtracted before the
-    exponential (a constant factor the normalisations cancel). With a
-    `reduce_sum` hook the shift is skipped, as in DINOv2, since a per-replica
-    maximum would differ across replicas.
+    The iterations run in the log domain (each normalisation subtracts a
+    log-sum-exp), so no exponential overflows or underflows to a zero column:
+    the result is finite for any logits and temperature, where the textbook form
+    above returns NaN once a sample's logits all lie ~90 / T below the largest.
 
     Args:
         teacher_logits: `(B, K)` teacher logits.
@@ -39,8 +39,11 @@ def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=Non
         num_iterations: Sinkhorn iterations (3).
         reduce_sum: callable summing a tensor element-wise across replicas
             (an all-reduce); defaults to the identity (one replica). It is
-            applied to the total sum, the per-prototype sums and the batch
-            size, so `B` becomes the global batch.
+            applied to the per-prototype sums and the batch size, so `B`
+            becomes the global batch.
+        reduce_max: callable taking the element-wise maximum across replicas
+            (no gradient); required with `reduce_sum` (the log-sum-exp over
+            the global batch is shifted by the global maximum).
 
     Returns:
         `(B, K)` float32 probabilities.
@@ -57,17 +60,23 @@ def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=Non
     logits = ops.convert_to_tensor(teacher_logits)
     if len(logits.shape) != 2:
         raise ValueError(f"sinkhorn_knopp expects (B, K) logits, got {tuple(logits.shape)}.")
-    all_reduce = reduce_sum or _identity
-    logits = ops.cast(ops.stop_gradient(logits), "float32") / ops.cast(temperature, "float32")
-    if reduce_sum is None:
-        logits = logits - ops.max(logits)
-    q = ops.transpose(ops.exp(logits))  # (K, B)
-    num_prototypes = ops.cast(ops.shape(q)[0], "float32")
-    batch_size = all_reduce(ops.cast(ops.shape(q)[1], "float32"))
-    q = q / all_reduce(ops.sum(q))
+    if (reduce_sum is None) != (reduce_max is None):
+        raise ValueError("sinkhorn_knopp needs both `reduce_sum` and `reduce_max`, or neither.")
+    all_reduce_sum = reduce_sum or _identity
+    all_reduce_max = reduce_max or _identity
+
+    def log_sum_exp_over_batch(x, keepdims=True):
+        # log sum_b exp(x_b) over the global batch, stable: shifted by the global maximum.
+        shift = ops.stop_gradient(all_reduce_max(ops.max(x, axis=0, keepdims=True)))
+        total = all_reduce_sum(ops.sum(ops.exp(x - shift), axis=0, keepdims=True))
+        return ops.log(total) + shift
+
+    log_q = ops.cast(ops.stop_gradient(logits), "float32") / ops.cast(temperature, "float32")
+    num_prototypes = ops.cast(ops.shape(log_q)[1], "float32")
+    batch_size = all_reduce_sum(ops.cast(ops.shape(log_q)[0], "float32"))
+    # Q <- Q / sum(Q): over the prototypes of each sample, then over the global batch.
+    log_q = log_q - log_sum_exp_over_batch(ops.logsumexp(log_q, axis=1, keepdims=True))
     for _ in range(num_iterations):
-        q = q / all_reduce(ops.sum(q, axis=1, keepdims=True))
-        q = q / num_prototypes
-        q = q / ops.sum(q, axis=0, keepdims=True)
-        q = q / batch_size
-    return ops.transpose(q * batch_size)
+        log_q = log_q - log_sum_exp_over_batch(log_q) - ops.log(num_prototypes)
+        log_q = log_q - ops.logsumexp(log_q, axis=1, keepdims=True) - ops.log(batch_size)
+    return ops.exp(log_q + ops.log(batch_size))

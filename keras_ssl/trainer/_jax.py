@@ -55,6 +55,8 @@ class BackendStep:
 
         pairs = self._stateless_pairs(trainable, non_trainable, optimizer_variables)
         _, values = _run_stateless(self.after_optimizer_step, pairs)
+        # The after-step may change trainable weights too (DINO's decoupled weight decay).
+        trainable = values[:n_trainable]
         non_trainable = values[n_trainable : n_trainable + n_non_trainable]
 
         logs, metrics_variables = self._update_trackers_stateless(metrics_variables, loss, logs)

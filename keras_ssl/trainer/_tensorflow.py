@@ -1,6 +1,17 @@
-"""The TensorFlow train step: `tf.GradientTape`, the optimizer, then the after-step."""
+"""The TensorFlow train step: `tf.GradientTape`, the optimizer, then the after-step.
+
+Under a `tf.distribute` strategy Keras runs this step once per replica on its shard of
+the global batch. With several replicas the step averages the gradients over the
+replicas itself (the mean of the replicas' gradients is the global-batch gradient, see
+`keras_ssl.ops.distributed`) before `transform_gradients` and the optimizer, whose own
+summing is switched off: Keras's optimizer would otherwise clip each replica's partial
+gradient. The logged loss and metrics are averaged over the replicas.
+"""
 
 import tensorflow as tf
+
+from keras_ssl.distributed import _tensorflow as distributed
+from keras_ssl.ops.distributed import all_reduce_mean
 
 
 class BackendStep:
@@ -9,11 +20,27 @@ class BackendStep:
             loss, logs = self._forward_and_loss(data, training=True)
             scaled_loss = self.optimizer.scale_loss(loss)
         trainable = self.trainable_variables
-        gradients = self.transform_gradients(tape.gradient(scaled_loss, trainable))
-        self.optimizer.apply(gradients, trainable)
+        gradients = tape.gradient(scaled_loss, trainable)
+        if distributed.world_size() == 1:
+            gradients = self.transform_gradients(gradients)
+            self.optimizer.apply(gradients, trainable)
+        else:
+            gradients = self.transform_gradients(distributed.all_reduce_gradients(gradients))
+            with distributed.gradients_already_reduced(self.optimizer):
+                self.optimizer.apply(gradients, trainable)
+            loss, logs = _replica_mean(loss, logs)
         self.after_optimizer_step()
         return self._update_trackers(loss, logs)
 
     def test_step(self, data):
         loss, logs = self._forward_and_loss(data, training=False)
+        if distributed.world_size() > 1:
+            loss, logs = _replica_mean(loss, logs)
         return self._update_trackers(loss, logs)
+
+
+def _replica_mean(loss, logs):
+    names = sorted(logs)
+    scalars = [tf.stop_gradient(loss)] + [logs[n] for n in names]
+    values = all_reduce_mean(tf.stack([tf.cast(v, tf.float32) for v in scalars]))
+    return values[0], {name: values[i + 1] for i, name in enumerate(names)}

@@ -44,9 +44,7 @@ def test_loss_and_centre_match_the_ops():
     model.optimizer.build(model.trainable_variables)
     # Views of one size share a backbone call (and so their batch-norm statistics).
     student = [model.head(h) for h in model.encode_views(model.backbone, views)]
-    teacher = [
-        model.teacher_head(h) for h in model.encode_views(model.teacher_backbone, views[:2])
-    ]
+    teacher = [model.teacher_head(h) for h in model.encode_views(model.teacher_backbone, views[:2])]
     center = ops.convert_to_numpy(model.center)
     expected = keras_ssl.ops.dino_loss(student, teacher, center, 0.1, 0.04)
     loss, _ = model.compute_ssl_loss(views, training=True)
@@ -100,6 +98,27 @@ def test_weight_decay_schedule_shrinks_weights_not_biases():
     for w in model.backbone.trainable_weights:
         factor = 1 - 0.2 * wd if len(w.shape) > 1 else 1.0  # biases and norms never decay
         np.testing.assert_allclose(ops.convert_to_numpy(w), before[w.path] * factor, rtol=1e-6)
+
+
+def test_weight_decay_of_a_fit_step_reaches_the_weights():
+    # Decoupled decay is applied after the optimizer's step, inside the compiled train step;
+    # the decayed weights must be what the step returns (on JAX, as new state).
+    weights = []
+    for weight_decay in (0.0, 0.5):
+        keras.utils.set_random_seed(2)
+        model = _model(
+            weight_decay=weight_decay,
+            final_weight_decay=weight_decay,
+            freeze_last_layer_epochs=0,
+            center_momentum=1.0,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.2))
+        model.fit(_views(), batch_size=16, epochs=1, verbose=0)
+        weights.append({w.path: ops.convert_to_numpy(w) for w in model.backbone.trainable_weights})
+    plain, decayed = weights
+    for path, value in plain.items():
+        factor = 1 - 0.2 * 0.5 if value.ndim > 1 else 1.0
+        np.testing.assert_allclose(decayed[path], value * factor, rtol=1e-5, atol=1e-7)
 
 
 def test_vit_backbone_multi_crop_step():

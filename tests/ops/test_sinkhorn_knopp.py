@@ -62,10 +62,26 @@ def test_reduce_sum_hook_matches_a_global_batch():
         calls.append(tuple(x.shape))
         return 2.0 * x
 
-    local = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.1, reduce_sum=all_reduce))
+    local = ops.convert_to_numpy(
+        sinkhorn_knopp(logits, 0.1, reduce_sum=all_reduce, reduce_max=lambda x: x)
+    )
     both = ops.convert_to_numpy(sinkhorn_knopp(np.concatenate([logits, logits]), 0.1))
     np.testing.assert_allclose(local, both[:5], rtol=1e-5, atol=1e-7)
-    assert (7, 1) in calls and () in calls
+    assert (1, 7) in calls and () in calls
+
+
+def test_samples_far_below_the_maximum_stay_finite():
+    # At T = 0.04 a spread of 20 in the logits is exp(-500): in the linear domain whole
+    # prototype sums underflow to zero and the result is NaN.
+    rng = np.random.default_rng(3)
+    logits = rng.uniform(-1, 1, size=(8, 5)).astype("float32")
+    logits[:4] -= 20.0
+    q = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.04))
+    assert np.all(np.isfinite(q))
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-5)
+    # float64 still holds exp(-560): the textbook iterations are the reference there.
+    reference = _reference_sinkhorn(logits - logits.max(), 0.04, 3)
+    np.testing.assert_allclose(q, reference, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
