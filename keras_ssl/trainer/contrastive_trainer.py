@@ -4,6 +4,16 @@ import keras
 from keras import ops
 
 from keras_ssl.ops.ema import ema_update
+from keras_ssl.trainer._input_checks import check_crop_sizes, check_fit_data, empty_data_error
+from keras_ssl.trainer._saving import (
+    VERSION_KEY,
+    check_config_version,
+    current_version,
+    load_seed_states,
+    reraise_corrupt_file_errors,
+    save_seed_states,
+    split_seed_states,
+)
 
 if keras.backend.backend() == "tensorflow":
     from keras_ssl.trainer._tensorflow import BackendStep
@@ -191,8 +201,35 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         )
 
     def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), _RecordTotalSteps()]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        x = args[0] if args else kwargs.get("x")
+        batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
+        check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
+        recorder = _RecordTotalSteps()
+        callbacks = [*(callbacks or []), recorder]
+        steps_before = self._optimizer_steps()
+        try:
+            history = super().fit(*args, callbacks=callbacks, **kwargs)
+        except StopIteration as error:  # JAX's first peek at an empty iterator
+            raise empty_data_error() from error
+        except RuntimeError as error:  # torch's: the model is built on a `None` batch
+            if "Unable to automatically build" in str(error) and "NoneType" in str(error):
+                raise empty_data_error() from error
+            raise
+        # TensorFlow runs an empty tf.data set without a word (no step, or not even an epoch).
+        epochs = args[3] if len(args) > 3 else kwargs.get("epochs", 1)
+        requested = epochs > kwargs.get("initial_epoch", 0) and not any(
+            isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks
+        )
+        no_step = not history.history or self._optimizer_steps() == steps_before
+        if (recorder.epochs_run or requested) and no_step:
+            raise empty_data_error()
+        return history
+
+    def _optimizer_steps(self):
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return 0
+        return int(ops.convert_to_numpy(optimizer.iterations))
 
     # ---- shared plumbing ------------------------------------------------------------------
     @property
@@ -265,6 +302,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                     )
                 return tuple(self._prepare_images(v) for v in data)
         images = self._prepare_images(data)
+        check_crop_sizes(tuple(images.shape), self.augmenter)
         if self.augmenter is None:
             raise ValueError(
                 f"{type(self).__name__} got a batch of images but has no augmenter to make views "
@@ -323,12 +361,26 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             self._trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
+    def load_weights(self, filepath, *args, **kwargs):
+        with reraise_corrupt_file_errors(filepath):
+            return super().load_weights(filepath, *args, **kwargs)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        save_seed_states(self, store)  # augmentation and mask RNGs: a resumed run continues them
+
+    def load_own_variables(self, store):
+        own, seeds = split_seed_states(store)
+        super().load_own_variables(own)
+        load_seed_states(self, seeds)
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "backbone": keras.saving.serialize_keras_object(self.backbone),
                 "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+                VERSION_KEY: current_version(),
             }
         )
         return config
@@ -336,6 +388,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        check_config_version(config, cls.__name__)
         for key in ("backbone", "augmenter"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
@@ -344,6 +397,11 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
 class _RecordTotalSteps(keras.callbacks.Callback):
     """Stores the run's length (`epochs x steps`) and its steps per epoch in the model."""
+
+    epochs_run = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs_run += 1
 
     def on_train_begin(self, logs=None):
         steps, epochs = self.params.get("steps"), self.params.get("epochs")

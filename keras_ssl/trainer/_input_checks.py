@@ -1,0 +1,159 @@
+"""Checks of the data given to `fit`, before training starts: each error names the fix.
+
+Arrays (NumPy or backend tensors) are checked whole, in chunks: empty, NaN/Inf, float
+images outside [0, 1], a last batch too small for the method. Data sets whose length is
+known (`tf.data` with a known cardinality, `PyDataset`, torch `DataLoader`) are checked
+for emptiness. Shapes (rank, channels, crop sizes) are checked by the trainer on every
+batch, whatever the data source.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+
+_CHUNK = 1024  # images checked at a time: bounds the memory the checks take
+
+
+def _is_array(x):
+    return hasattr(x, "shape") and hasattr(x, "dtype") and len(getattr(x, "shape", ())) >= 2
+
+
+def _to_numpy(x):
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):  # torch
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _payload(x):
+    """The array, or tuple of view arrays, `fit` was given (None for other data sources)."""
+    if isinstance(x, dict):
+        if "views" in x:
+            return tuple(x["views"])
+        x = x.get("images")
+    if isinstance(x, (tuple, list)) and x and all(_is_array(v) for v in x):
+        return tuple(x)
+    return x if _is_array(x) else None
+
+
+def _known_length(x):
+    """Number of batches of a data set whose length is cheap to know, else None."""
+    if type(x).__module__.startswith("tensorflow"):
+        cardinality = getattr(x, "cardinality", None)
+        if cardinality is not None:
+            value = int(cardinality())
+            return value if value >= 0 else None  # -1 infinite, -2 unknown
+        return None
+    if isinstance(x, keras.utils.PyDataset):
+        try:
+            return len(x)
+        except (TypeError, NotImplementedError):
+            return None
+    if type(x).__module__.startswith("torch") and hasattr(x, "__len__"):
+        try:
+            return len(x)
+        except TypeError:
+            return None
+    return None
+
+
+def empty_data_error():
+    return ValueError(
+        "fit() got an empty data set: there is no image to train on. Check the path or the "
+        "filter that built it (e.g. keras_ssl.data.image_folder found no image files) and "
+        "that the batch size is not larger than a data set batched with drop_remainder=True."
+    )
+
+
+def check_fit_data(model, x, batch_size=None, has_augmenter=True, fit_kwargs=None):
+    """Raises a `ValueError` naming the fix for data `model.fit` cannot learn from."""
+    fit_kwargs = fit_kwargs or {}
+    payload = _payload(x)
+    if payload is None:
+        length = _known_length(x)
+        if length == 0:
+            raise empty_data_error()
+        return
+    arrays = payload if isinstance(payload, tuple) else (payload,)
+    count = int(arrays[0].shape[0])
+    if count == 0:
+        raise empty_data_error()
+    for array in arrays:
+        _check_values(array, images_to_augment=has_augmenter and not isinstance(payload, tuple))
+    batch_size = batch_size or 32
+    last = count % batch_size
+    uses_whole_arrays = not fit_kwargs.get("validation_split") and not fit_kwargs.get(
+        "steps_per_epoch"
+    )
+    if uses_whole_arrays and 0 < last < model.min_batch_size:
+        raise ValueError(
+            f"{count} images in batches of {batch_size} leave a last batch of {last} image(s), "
+            f"but {type(model).__name__} needs at least {model.min_batch_size} per batch. Drop "
+            f"the remainder (`x[:{count - last}]`) or choose a batch size that divides the "
+            "data set."
+        )
+
+
+def _check_values(array, images_to_augment):
+    dtype = str(array.dtype)
+    if "float" not in dtype:
+        return
+    low, high = np.inf, -np.inf
+    for start in range(0, int(array.shape[0]), _CHUNK):
+        chunk = _to_numpy(array[start : start + _CHUNK]).astype("float32", copy=False)
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            bad = start + int(np.argwhere(~finite.reshape(len(chunk), -1).all(axis=1))[0, 0])
+            kind = "NaN" if np.isnan(chunk).any() else "Inf"
+            raise ValueError(
+                f"The images contain {kind} values (the first at index {bad}): one such pixel "
+                "makes the loss and then every weight NaN. Remove or repair those images "
+                "(e.g. `x[np.isfinite(x).all(axis=(1, 2, 3))]`) before calling fit()."
+            )
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    if images_to_augment and (low < -1e-3 or high > 1.0 + 1e-3):
+        hint = (
+            "They look like 0-255 pixel values: divide them by 255 (`x / 255.0`) or pass "
+            "them as uint8, which is scaled for you."
+            if high > 10.0
+            else "Pass unnormalised images in [0, 1]: normalise after augmenting, not before."
+        )
+        raise ValueError(
+            f"Float images must lie in [0, 1] for the augmentation (colour jitter, solarize "
+            f"and grayscale assume it), got values in [{low:g}, {high:g}]. {hint}"
+        )
+    if not images_to_augment and high > 10.0:
+        warnings.warn(
+            f"The views reach {high:g}: keras_ssl's augmentations make views in [0, 1]. If "
+            "these are 0-255 pixel values, divide them by 255.",
+            stacklevel=3,
+        )
+
+
+def check_crop_sizes(image_shape, augmenter):
+    """Refuses images smaller than the views `augmenter` crops from them."""
+    height, width = image_shape[1], image_shape[2]
+    if height is None or width is None or augmenter is None:
+        return
+    try:
+        view_shapes = augmenter.compute_output_shape(tuple(image_shape))
+    except Exception:  # an augmenter that cannot tell its output shape: nothing to check
+        return
+    if not isinstance(view_shapes, (tuple, list)) or not view_shapes:
+        return
+    if not isinstance(view_shapes[0], (tuple, list)):
+        view_shapes = (view_shapes,)
+    for shape in view_shapes:
+        crop_h, crop_w = shape[1], shape[2]
+        if crop_h is None or crop_w is None:
+            continue
+        if crop_h > height or crop_w > width:
+            raise ValueError(
+                f"The images are {height}x{width} pixels but the augmenter makes "
+                f"{crop_h}x{crop_w} views: every view would be an upsampled blur. Resize the "
+                f"images to at least {crop_h}x{crop_w} (e.g. keras_ssl.data.image_folder("
+                f"..., image_size={max(crop_h, crop_w)})), or build the augmentation for "
+                f"{height}x{width} images (e.g. SimCLRAugment.small_images({height}))."
+            )

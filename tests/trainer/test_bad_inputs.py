@@ -1,0 +1,326 @@
+"""The bad-input matrix: one test a row, each checking that the error names the problem and
+the fix (or, for rows handled by design, that the input works as documented).
+
+Row -> where it is caught (test):
+
+- wrong rank (N, D) / (N, T, H, W, C) -> trainer, every batch (test_wrong_rank)
+- channels-first images -> trainer, every batch (test_channels_first)
+- wrong channel count -> trainer, every batch (test_wrong_channel_count)
+- floats in [0, 255] / normalised floats -> fit, arrays (test_float_images_out_of_range)
+- uint8 images -> accepted, scaled to [0, 1] (test_uint8_images_are_scaled)
+- NaN / Inf pixels in arrays -> fit, arrays (test_nan_and_inf_images)
+- NaN in a streamed batch (tf.data) -> TerminateOnNaN names the terms
+  (test_nan_in_a_streamed_batch_is_reported)
+- batch of 1 for a method that needs 2 -> trainer, every batch (test_batch_of_one)
+- a last batch of 1 -> fit, arrays (test_last_batch_of_one)
+- methods that need 2 images -> class attribute (test_minimum_batch_sizes)
+- MoCo queue smaller than the batch -> MoCoV2, every batch (test_moco_queue_smaller_than_batch)
+- MoCo queue not divisible by the batch -> accepted: a ring buffer
+  (test_moco_queue_not_divisible_by_batch)
+- images smaller than the crops -> trainer, every batch (test_images_smaller_than_crops)
+- empty data set (arrays, tf.data, torch) -> fit (test_empty_data_set)
+- labels passed to an unsupervised fit -> trainer, every batch (test_labels_are_refused)
+- images but no augmenter -> trainer (test_images_without_augmenter)
+- wrong number of views -> each method (test_wrong_number_of_views)
+- config from a newer keras_ssl -> from_config / load_model (test_config_from_a_newer_version)
+- corrupt or truncated `.weights.h5` -> ContrastiveTrainer.load_weights (test_corrupt_weights_file)
+- corrupt or truncated `.keras` -> keras.saving.load_model, load_weights (test_corrupt_keras_file)
+
+Unknown presets and corrupt preset files are tested with the presets (tests/presets).
+"""
+
+import json
+import os
+import warnings
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import keras_ssl
+from keras_ssl.backbones import ConvNet
+
+BATCH, SIZE = 4, 16
+
+
+def _simclr(channels=1, augmenter="default", **kwargs):
+    if augmenter == "default":
+        augmenter = keras_ssl.augment.SimCLRAugment.small_images(SIZE, seed=1)
+    model = keras_ssl.SimCLR(
+        ConvNet(widths=(4, 8), input_channels=channels),
+        augmenter=augmenter,
+        projection_dim=8,
+        hidden_dim=8,
+        **kwargs,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    return model
+
+
+def _images(n=2 * BATCH, size=SIZE, channels=1):
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(n, size, size, channels)).astype("float32")
+
+
+def test_wrong_rank():
+    model = _simclr()
+    with pytest.raises(ValueError, match=r"Expected a batch of images \(N, H, W, 1\)"):
+        model.fit(np.zeros((BATCH, SIZE * SIZE), "float32"), batch_size=BATCH, verbose=0)
+    with pytest.raises(ValueError, match="channels_last order, got shape"):
+        model.fit(np.zeros((BATCH, 2, SIZE, SIZE, 1), "float32"), batch_size=BATCH, verbose=0)
+
+
+def test_channels_first():
+    model = _simclr(channels=3)
+    with pytest.raises(ValueError, match=r"look channels_first.*transpose\(0, 2, 3, 1\)"):
+        model.fit(np.zeros((BATCH, 3, SIZE, SIZE), "float32"), batch_size=BATCH, verbose=0)
+
+
+def test_wrong_channel_count():
+    model = _simclr(channels=3)
+    with pytest.raises(ValueError, match="expects 3.*input_channels=1"):
+        model.fit(_images(channels=1), batch_size=BATCH, verbose=0)
+
+
+def test_float_images_out_of_range():
+    model = _simclr()
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*divide them by 255.*uint8"):
+        model.fit(_images() * 255.0, batch_size=BATCH, verbose=0)
+    # ImageNet-normalised floats: normalise after augmenting.
+    with pytest.raises(ValueError, match="normalise after augmenting"):
+        model.fit((_images() - 0.45) / 0.225, batch_size=BATCH, verbose=0)
+    # Pre-made views are the user's business (they may be normalised), but 0-255 warns.
+    views_model = _simclr(augmenter=None)
+    views = (_images() * 255.0, _images() * 255.0)
+    with pytest.warns(UserWarning, match="divide them by 255"):
+        views_model.fit(views, batch_size=BATCH, epochs=1, verbose=0)
+
+
+def test_uint8_images_are_scaled():
+    model = _simclr()
+    model.fit((_images() * 255).astype("uint8"), batch_size=BATCH, verbose=0)
+    # The same pixels as floats in [0, 1] give the same first-step views (scaled, not clipped).
+    from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
+
+    uint8 = ContrastiveTrainer._prepare_images(model, (_images() * 255).astype("uint8"))
+    floats = (_images() * 255).astype("uint8") / np.float32(255)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(uint8), floats, atol=1e-6)
+
+
+def test_nan_and_inf_images():
+    model = _simclr()
+    images = _images()
+    images[5, 3, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"contain NaN values \(the first at index 5\).*Remove"):
+        model.fit(images, batch_size=BATCH, verbose=0)
+    images[5, 3, 2, 0] = np.inf
+    with pytest.raises(ValueError, match="contain Inf values"):
+        model.fit(images, batch_size=BATCH, verbose=0)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="XLA on CPU computes max(NaN, x) = x (fast min/max) in ReLU and pooling, so a NaN "
+    "image leaves the loss finite under jax.jit: arrays are pre-checked (test_nan_and_inf_"
+    "images); streamed NaNs on JAX are not detectable from the loss.",
+)
+def test_nan_in_a_streamed_batch_is_reported():
+    # Streams are not pre-checked (that would read them twice): the guard catches the NaN.
+    import tensorflow as tf
+
+    from keras_ssl.callbacks.terminate_on_nan import NonFiniteLossWarning, TerminateOnNaN
+
+    # Pre-made views: on JAX the augmentation turns NaN pixels into numbers, which hides them.
+    views = (_images(3 * BATCH), _images(3 * BATCH))
+    views[0][BATCH + 1] = np.nan  # the second batch
+    model = _simclr(augmenter=None)
+    guard = TerminateOnNaN()
+    data = tf.data.Dataset.from_tensor_slices(views).batch(BATCH)
+    with pytest.warns(NonFiniteLossWarning, match="Non-finite .*loss at epoch 1, batch 2"):
+        history = model.fit(data, epochs=3, callbacks=[guard], verbose=0)
+    assert guard.report["batch"] == 1 and guard.report["epoch"] == 0
+    assert "loss" in guard.report["terms"]
+    assert len(history.history["loss"]) == 1  # stopped in the first epoch
+
+
+def test_batch_of_one():
+    model = _simclr()
+    with pytest.raises(ValueError, match="needs at least 2 images per batch, got 1"):
+        model.fit(_images(2), batch_size=1, verbose=0)
+
+
+def test_last_batch_of_one():
+    model = _simclr()
+    with pytest.raises(ValueError, match=r"last batch of 1 image.*`x\[:8\]`"):
+        model.fit(_images(9), batch_size=BATCH, verbose=0)
+
+
+def test_minimum_batch_sizes():
+    # SimCLR and MoCo draw negatives from the batch, BYOL's heads batch-normalise, DINOv2's
+    # KoLeo needs a nearest neighbour; DINO learns from any batch.
+    assert keras_ssl.SimCLR.min_batch_size == 2
+    assert keras_ssl.MoCoV2.min_batch_size == 2
+    assert keras_ssl.BYOL.min_batch_size == 2
+    assert keras_ssl.DINOv2.min_batch_size == 2
+    assert keras_ssl.DINO.min_batch_size == 1
+
+
+def _moco(queue_size):
+    model = keras_ssl.MoCoV2(
+        ConvNet(widths=(4, 8), input_channels=1),
+        projection_dim=8,
+        hidden_dim=8,
+        queue_size=queue_size,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    return model
+
+
+def test_moco_queue_smaller_than_batch():
+    model = _moco(queue_size=3)
+    with pytest.raises(ValueError, match="smaller than the batch.*queue size of several"):
+        model.fit((_images(), _images()), batch_size=BATCH, verbose=0)
+
+
+def test_moco_queue_not_divisible_by_batch():
+    # A ring buffer: 3 steps of 4 keys into 6 slots wrap around mid-batch, no error.
+    model = _moco(queue_size=6)
+    views = (_images(3 * BATCH), _images(3 * BATCH))
+    model.fit(views, batch_size=BATCH, shuffle=False, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.queue_pointer)) == (3 * BATCH) % 6
+    queue = keras.ops.convert_to_numpy(model.queue)
+    np.testing.assert_allclose(np.linalg.norm(queue, axis=1), 1.0, rtol=1e-5)
+
+
+def test_images_smaller_than_crops():
+    model = _simclr()
+    with pytest.raises(ValueError, match=r"8x8 pixels.*16x16 views.*small_images\(8\)"):
+        model.fit(_images(size=8), batch_size=BATCH, verbose=0)
+
+
+def test_empty_data_set():
+    import tensorflow as tf
+
+    model = _simclr()
+    empty = np.zeros((0, SIZE, SIZE, 1), "float32")
+    with pytest.raises(ValueError, match="empty data set"):
+        model.fit(empty, batch_size=BATCH, verbose=0)
+    with pytest.raises(ValueError, match="empty data set"):
+        model.fit(tf.data.Dataset.from_tensor_slices(empty).batch(BATCH), verbose=0)
+    # Cardinality unknown to TensorFlow: caught after fit ran no step.
+    unknown = tf.data.Dataset.from_tensor_slices(_images()).filter(lambda x: False).batch(BATCH)
+    with pytest.raises(ValueError, match="empty data set"):
+        model.fit(unknown, verbose=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a DataLoader feeds torch only")
+def test_empty_torch_loader():
+    import torch
+
+    model = _simclr()
+    loader = torch.utils.data.DataLoader(torch.zeros((0, SIZE, SIZE, 1)), batch_size=BATCH)
+    with pytest.raises(ValueError, match="empty data set"):
+        model.fit(loader, verbose=0)
+
+
+def test_labels_are_refused():
+    model = _simclr()
+    with pytest.raises(ValueError, match="takes images only. Drop the labels"):
+        model.fit(_images(), np.zeros(2 * BATCH, "int32"), batch_size=BATCH, verbose=0)
+
+
+def test_images_without_augmenter():
+    model = _simclr(augmenter=None)
+    with pytest.raises(ValueError, match="no augmenter.*Pass `augmenter=`"):
+        model.fit(_images(), batch_size=BATCH, verbose=0)
+
+
+def test_wrong_number_of_views():
+    model = _simclr(augmenter=None)
+    with pytest.raises(ValueError, match="exactly 2 views per image, got 3"):
+        model.fit((_images(), _images(), _images()), batch_size=BATCH, verbose=0)
+
+
+def _rewrite_config(path, edit):
+    """Rewrites `config.json` inside a `.keras` zip with `edit(config)`."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    edit(config)
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
+def test_config_from_a_newer_version(tmp_path):
+    model = _simclr()
+    config = model.get_config()
+    assert config["keras_ssl_version"] == keras_ssl.__version__
+    major = int(keras_ssl.__version__.split(".")[0])
+
+    newer = dict(config, keras_ssl_version=f"{major + 1}.0.0")
+    with pytest.raises(ValueError, match=r"newer major version.*pip install -U keras-ssl"):
+        keras_ssl.SimCLR.from_config(newer)
+    with pytest.raises(ValueError, match="unreadable keras_ssl_version"):
+        keras_ssl.SimCLR.from_config(dict(config, keras_ssl_version="banana"))
+    # Same major, newer minor: read; no version at all (files written before it): read.
+    same_major = keras_ssl.SimCLR.from_config(dict(config, keras_ssl_version=f"{major}.99.0"))
+    assert same_major.get_config()["keras_ssl_version"] == keras_ssl.__version__
+    unversioned = {k: v for k, v in config.items() if k != "keras_ssl_version"}
+    assert isinstance(keras_ssl.SimCLR.from_config(unversioned), keras_ssl.SimCLR)
+
+    path = str(tmp_path / "newer.keras")
+    model.save(path)
+
+    def bump(saved):
+        saved["config"]["keras_ssl_version"] = f"{major + 1}.0.0"
+
+    _rewrite_config(path, bump)
+    with pytest.raises(ValueError, match="newer major version"):
+        keras.saving.load_model(path)
+
+
+def _corruptions(data):
+    half = len(data) // 2
+    return {
+        "truncated": data[:half],
+        "zeroed": data[: half // 2] + bytes(half) + data[half // 2 + half :],
+        "empty": b"",
+    }
+
+
+def test_corrupt_weights_file(tmp_path):
+    model = _simclr()
+    path = str(tmp_path / "good.weights.h5")
+    model.save_weights(path)
+    data = open(path, "rb").read()
+    for kind, payload in _corruptions(data).items():
+        bad = str(tmp_path / f"{kind}.weights.h5")
+        with open(bad, "wb") as f:
+            f.write(payload)
+        with pytest.raises(ValueError, match=rf"{kind}.weights.h5 is truncated or corrupt.*Re-"):
+            model.load_weights(bad)
+    model.load_weights(path)  # the intact file still loads
+
+
+def test_corrupt_keras_file(tmp_path):
+    model = _simclr()
+    path = str(tmp_path / "good.keras")
+    model.save(path)
+    data = open(path, "rb").read()
+    for kind, payload in _corruptions(data).items():
+        bad = str(tmp_path / f"{kind}.keras")
+        with open(bad, "wb") as f:
+            f.write(payload)
+        # Keras' own loader refuses the file (its words: not a zip file, bad CRC) ...
+        with pytest.raises((ValueError, zipfile.BadZipFile, OSError)):
+            keras.saving.load_model(bad)
+        # ... and load_weights on a keras_ssl model says what is wrong and what to do.
+        with pytest.raises(ValueError, match=rf"{kind}.keras is truncated or corrupt.*Re-"):
+            model.load_weights(bad)
+    assert os.path.getsize(path) == len(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras.saving.load_model(path)
