@@ -6,16 +6,20 @@ One code base for the TensorFlow, JAX and PyTorch backends (`KERAS_BACKEND`).
 from keras_ssl import (
     augment,
     backbones,
+    callbacks,
     data,
     datasets,
+    distributed,
     eval,
     layers,
     methods,
     ops,
     optimizers,
+    presets,
     visualize,
 )
 from keras_ssl.methods import BYOL, DINO, DINOv2, MoCoV2, SimCLR
+from keras_ssl.presets import from_preset, save_to_preset, upload_preset
 from keras_ssl.trainer import ContrastiveTrainer
 
 __version__ = "0.1.0"
@@ -29,12 +33,18 @@ __all__ = [
     "SimCLR",
     "augment",
     "backbones",
+    "callbacks",
     "data",
     "datasets",
+    "distributed",
     "eval",
+    "from_preset",
     "layers",
     "methods",
     "ops",
     "optimizers",
+    "presets",
+    "save_to_preset",
+    "upload_preset",
     "visualize",
 ]

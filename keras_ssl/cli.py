@@ -2,7 +2,11 @@
 
 With no arguments it pretrains SimCLR on the embedded Fashion-MNIST subset with the demo
 ConvNet and prints kNN and linear-probe top-1 of the learned features against the same
-backbone at random initialisation and against raw pixels.
+backbone at random initialisation and against raw pixels. During training a `KNNMonitor`
+reports kNN top-1 on the labelled held-out split (`--knn-every`) and a `CollapseMonitor`
+the spread and effective rank of the features on a fixed probe batch; the output directory
+gets `curves.png`, `augmentations.png` (the recipe's views), `attention.png` (ViT backbones:
+the last block's CLS attention per head), `backbone.keras` and `results.json`.
 """
 
 import argparse
@@ -117,6 +121,18 @@ def _parser():
     p.add_argument(
         "--limit", type=int, default=None, help="use only the first N Fashion-MNIST images"
     )
+    p.add_argument(
+        "--knn-every",
+        type=int,
+        default=5,
+        help="kNN top-1 on the labelled held-out split every N epochs during training, in the "
+        "progress bar and the history (0: off; needs labels)",
+    )
+    p.add_argument(
+        "--stop-on-collapse",
+        action="store_true",
+        help="stop training when the collapse monitor fires (default: warn)",
+    )
     return parser
 
 
@@ -160,6 +176,59 @@ def _load_images(args):
     return x_train[..., None], y_train, x_test[..., None], y_test
 
 
+def build_backbone(method, backbone=None, channels=1, image_size=28):
+    """The backbone of `method`'s demo recipe (or the named `backbone`), untrained."""
+    import keras_ssl
+
+    recipe = DEMO_RECIPES[method]
+    if backbone is None and "backbone" in recipe:
+        options = dict(recipe["backbone"])
+        return keras_ssl.backbones.get(
+            options.pop("name"), input_channels=channels, pretrain_image_size=image_size, **options
+        )
+    return keras_ssl.backbones.get(backbone or "convnet", input_channels=channels)
+
+
+def build_augmenter(method, image_size=28, seed=0):
+    """The augmentation recipe of `method`'s demo, for `image_size` px images."""
+    import keras_ssl
+
+    recipe = DEMO_RECIPES[method]
+    augment_class = getattr(keras_ssl.augment, recipe["augment"])
+    return augment_class.small_images(image_size, seed=seed, **recipe["augment_options"])
+
+
+def build_model(method, backbone, image_size, epochs, steps_per_epoch, learning_rate=None, seed=0):
+    """`method`'s demo model around `backbone`, compiled with the demo optimizer.
+
+    AdamW with a 10% linear warm-up from a tenth of the peak rate, then cosine decay, and
+    gradient clipping at norm 3; DINO and DINOv2 schedule their own weight decay, the
+    others get AdamW's 1e-4.
+    """
+    import keras
+
+    import keras_ssl
+
+    recipe = DEMO_RECIPES[method]
+    method_class = getattr(keras_ssl, recipe["method"])
+    model = method_class(
+        backbone, augmenter=build_augmenter(method, image_size, seed), **recipe["options"]
+    )
+    steps = max(1, epochs * steps_per_epoch)
+    learning_rate = learning_rate or recipe["lr"]
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate * 0.1,
+        decay_steps=steps,
+        warmup_target=learning_rate,
+        warmup_steps=max(1, steps // 10),
+    )
+    weight_decay = 0.0 if isinstance(model, keras_ssl.DINO) else 1e-4
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, clipnorm=3.0)
+    )
+    return model
+
+
 def _pixels(images):
     flat = images.reshape(len(images), -1).astype("float32")
     return flat / 255.0 if images.dtype == "uint8" else flat
@@ -180,6 +249,34 @@ def _evaluate(train_features, y_train, test_features, y_test, seed):
         seed=seed,
     )
     return {"knn_top1": knn, "linear_top1": probe.top1}
+
+
+def _monitors(args, model, x_train, y_train, x_test, y_test):
+    """The callbacks of a run: kNN on the labelled split, collapse alarms on a probe batch."""
+    from keras_ssl.callbacks import CollapseMonitor, KNNMonitor
+
+    monitors = {}
+    probe = x_test if x_test is not None else x_train
+    monitors["collapse"] = CollapseMonitor(
+        probe[:512], stop_on_collapse=args.stop_on_collapse, patience=2
+    )
+    if y_train is not None and args.knn_every > 0 and not args.no_eval:
+        monitors["knn"] = KNNMonitor(
+            (x_train, y_train), (x_test, y_test), every_n_epochs=args.knn_every
+        )
+    return monitors
+
+
+def _metric_epochs(monitors):
+    """Epochs (from 1) at which the monitors' metrics were logged, for the curves."""
+    epochs = {}
+    for monitor in monitors.values():
+        for epoch, values in monitor.results.items():
+            if epoch == 0:
+                continue
+            for key in values:
+                epochs.setdefault(key, []).append(int(epoch))
+    return epochs
 
 
 def pretrain(args):
@@ -210,40 +307,32 @@ def pretrain(args):
     )
 
     def make_backbone():
-        if args.backbone is None and "backbone" in recipe:
-            options = dict(recipe["backbone"])
-            return keras_ssl.backbones.get(
-                options.pop("name"),
-                input_channels=channels,
-                pretrain_image_size=args.image_size,
-                **options,
-            )
-        return keras_ssl.backbones.get(args.backbone or "convnet", input_channels=channels)
+        return build_backbone(args.method, args.backbone, channels, args.image_size)
 
-    augment_class = getattr(keras_ssl.augment, recipe["augment"])
-    augmenter = augment_class.small_images(
-        args.image_size, seed=args.seed, **recipe["augment_options"]
-    )
-    method_class = getattr(keras_ssl, recipe["method"])
-    model = method_class(make_backbone(), augmenter=augmenter, **recipe["options"])
-    steps = args.epochs * (len(x_train) // args.batch_size)
-    learning_rate = args.learning_rate or recipe["lr"]
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate * 0.1,
-        decay_steps=max(1, steps),
-        warmup_target=learning_rate,
-        warmup_steps=max(1, steps // 10),
-    )
-    # DINO and DINOv2 schedule their own weight decay; the others take AdamW's.
-    weight_decay = 0.0 if isinstance(model, keras_ssl.DINO) else 1e-4
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay, clipnorm=3.0)
+    model = build_model(
+        args.method,
+        make_backbone(),
+        args.image_size,
+        epochs=args.epochs,
+        steps_per_epoch=len(x_train) // args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
     )
     random_backbone = make_backbone()  # same architecture, never trained: the baseline
     random_backbone.set_weights(model.backbone.get_weights())
 
+    monitors = _monitors(args, model, x_train, y_train, x_test, y_test)
+    pictures = {"augmentations": os.path.join(output_dir, "augmentations.png")}
+    keras_ssl.visualize.augmentation_grid(
+        model.augmenter, x_train[:6], pictures["augmentations"], title=f"{args.method} views"
+    )
     history = model.fit(
-        x_train, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=args.verbose
+        x_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        shuffle=True,
+        verbose=args.verbose,
+        callbacks=list(monitors.values()),
     )
     train_seconds = time.time() - started
 
@@ -252,7 +341,13 @@ def pretrain(args):
         history,
         os.path.join(output_dir, "curves.png"),
         title=f"{args.method} on {backend}",
+        epochs=_metric_epochs(monitors),
     )
+    pictures["curves"] = curves
+    if callable(getattr(model.backbone, "get_last_self_attention", None)):
+        probe = x_test if x_test is not None else x_train
+        pictures["attention"] = os.path.join(output_dir, "attention.png")
+        keras_ssl.visualize.attention_maps(model.backbone, probe[:6], path=pictures["attention"])
     report = {
         "method": args.method,
         "backbone": backbone_name,
@@ -264,6 +359,9 @@ def pretrain(args):
         "seed": args.seed,
         "train_seconds": round(train_seconds, 1),
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history_epochs": _metric_epochs(monitors),
+        "collapse": monitors["collapse"].message if "collapse" in monitors else None,
+        "pictures": pictures,
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count()},
     }
 
@@ -295,7 +393,9 @@ def pretrain(args):
     report["total_seconds"] = round(time.time() - started, 1)
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(f"\ncurves: {curves}\nresults: {os.path.join(output_dir, 'results.json')}")
+    for name, path in pictures.items():
+        print(f"{name}: {path}")
+    print(f"results: {os.path.join(output_dir, 'results.json')}")
     print(f"total time {report['total_seconds']:.0f} s")
     return report
 

@@ -22,6 +22,9 @@ class LinearProbeResult:
         train_top1: top-1 accuracy on the train features.
         num_classes: number of classes of the head.
         history: per-epoch training metrics (``keras.callbacks.History.history``).
+        protocol: the feature protocol (``keras_ssl.eval.linear_probe_backbone``), or
+            ``None`` when the probe was given features.
+        feature_model: the frozen images -> features model of that protocol, or ``None``.
     """
 
     top1: float
@@ -29,6 +32,19 @@ class LinearProbeResult:
     train_top1: float
     num_classes: int
     history: dict = field(default_factory=dict)
+    protocol: str | None = None
+    feature_model: keras.Model | None = None
+
+    def classifier(self):
+        """``feature_model`` followed by ``head``: a ``keras.Model`` images -> probabilities."""
+        if self.feature_model is None:
+            raise ValueError(
+                "This probe was trained on given features, so it has no feature model; use "
+                "keras_ssl.eval.linear_probe_backbone to probe a backbone on images."
+            )
+        inputs = keras.Input(self.feature_model.input_shape[1:], name="images")
+        outputs = self.head(self.feature_model(inputs))
+        return keras.Model(inputs, outputs, name="linear_classifier")
 
 
 class _ShuffledArrays(keras.utils.PyDataset):

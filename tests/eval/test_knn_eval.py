@@ -54,3 +54,15 @@ def test_bad_inputs():
         knn_accuracy(x, [0, 1, 0, 1], np.ones((2, 5)), [0, 1])
     with pytest.raises(ValueError, match="k must"):
         knn_accuracy(x, [0, 1, 0, 1], x, [0, 1, 0, 1], k=0)
+
+
+def test_vote_weights_follow_exp_of_similarity_over_temperature():
+    # one very close neighbour of class 0 against two farther ones of class 1 (k = 3):
+    # exp(0.99 / T) beats 2 exp(0.5 / T) for T = 0.07, loses for a flat T = 10.
+    bank = np.array([[0.99, np.sqrt(1 - 0.99**2)], [0.5, np.sqrt(0.75)], [0.5, -np.sqrt(0.75)]])
+    labels = np.array([0, 1, 1])
+    query = np.array([[3.0, 0.0]])  # only the direction counts
+    assert knn_accuracy(bank, labels, query, [0], k=3, temperature=0.07) == 1.0
+    assert knn_accuracy(bank, labels, query, [1], k=3, temperature=10.0) == 1.0
+    # k = 1 keeps only the nearest neighbour whatever the temperature
+    assert knn_accuracy(bank, labels, query, [0], k=1, temperature=10.0) == 1.0
