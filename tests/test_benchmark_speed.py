@@ -1,0 +1,138 @@
+"""tools/benchmark_speed.py: its --quick run on the current backend, and its arithmetic.
+
+The keras_ssl side always runs (on `KERAS_BACKEND`); the lightly side only where its
+virtual environment (`tools/.speed-venv`, made by `--setup-venv`) already exists, since
+creating it downloads packages.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "benchmark_speed.py"
+VENV_PYTHON = ROOT / "tools" / ".speed-venv" / "bin" / "python"
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("benchmark_speed", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_table_and_json(tmp_path):
+    backend = keras.backend.backend()
+    with_lightly = VENV_PYTHON.exists()
+    command = [
+        sys.executable,
+        str(TOOL),
+        "--quick",
+        "--methods",
+        "simclr",
+        "--backends",
+        backend,
+        "--output-dir",
+        str(tmp_path),
+    ]
+    if not with_lightly:
+        command.append("--no-lightly")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert {"machine", "versions", "settings", "results", "load_average_start"} <= set(report)
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["versions"][backend]["keras"] == keras.__version__
+    assert report["settings"]["batch_size"] == 8 and report["settings"]["quick"]
+    assert report["settings"]["malloc_env"]["MALLOC_MMAP_MAX_"] == "0"
+    (entry,) = report["results"]
+    assert entry["entry"] == "simclr"
+    sides = entry["summary"]["sides"]
+    assert set(sides) == ({backend, "lightly"} if with_lightly else {backend})
+    row = sides[backend]
+    assert row["error"] is None
+    # ResNet-10 (CIFAR stem) 4,898,112 + head 512*512 (no bias, BN follows) + BN 1,024
+    # + 512*128 + 128: the count torchvision's ResNet(BasicBlock, [1, 1, 1, 1]) gives.
+    assert row["parameters"] == {"backbone": 4_898_112, "trainable": 5_226_944}
+    step = row["step"]
+    assert step["n"] == 2 and step["median_s"] > 0
+    assert step["images_per_s"] == pytest.approx(8 / step["median_s"])
+    assert row["first_step_s"] > 0 and row["peak_rss_mb"] > 50
+    assert row["augment"]["images_per_s"] > 0 and row["fit"]["images_per_s"] > 0
+    if with_lightly:
+        assert sides["lightly"]["parameters"] == row["parameters"]
+        assert entry["summary"]["flops_per_image"] > 0
+        assert row["ratio_vs_lightly"]["median"] > 0
+
+    table = (tmp_path / "speed.md").read_text()
+    assert "| method | side | trainable params |" in table
+    assert f"| SimCLR, resnet10_cifar | {backend}" in table
+    assert "5,226,944" in table
+
+
+def test_summary_ratios_medians_and_flops():
+    tool = _load_tool()
+
+    def side(times_per_round, parameters):
+        return {
+            "error": None,
+            "info": {
+                "parameters": parameters,
+                "first_step_s": 1.0,
+                "flops_per_step": 4e9,
+            },
+            "exit": {"peak_rss_mb": 100.0},
+            "rounds": {
+                "step": [
+                    {"ok": True, "times": t, "minor_faults_per_step": 3} for t in times_per_round
+                ],
+                "fit": [{"ok": True, "seconds_per_step": 0.5}],
+            },
+        }
+
+    params = {"backbone": 10, "trainable": 12}
+    record = {
+        "sides": {
+            "lightly": side([[0.1, 0.1], [0.2, 0.2]], params),
+            "jax": side([[0.2, 0.2], [0.2, 0.6]], params),
+        }
+    }
+    summary = tool.summarise(record, batch=10)
+    assert summary["flops_per_image"] == pytest.approx(4e8)
+    jax = summary["sides"]["jax"]
+    assert jax["step"]["median_s"] == pytest.approx(0.2)
+    assert jax["step"]["images_per_s"] == pytest.approx(50.0)
+    assert jax["step"]["gflop_per_s"] == pytest.approx(20.0)
+    # Per-round ratios of the medians: 0.1 / 0.2 and 0.2 / 0.4.
+    assert jax["ratio_vs_lightly"]["rounds"] == pytest.approx([0.5, 0.5])
+    assert jax["fit"]["images_per_s"] == pytest.approx(20.0)
+    assert jax["fit"]["vs_step"] == pytest.approx(0.4)
+    assert "ratio_vs_lightly" not in summary["sides"]["lightly"]
+
+
+def test_views_are_the_same_on_both_sides():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import _speed_common as common
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    spec = {
+        "method": "dino",
+        "image_size": 8,
+        "local_size": 4,
+        "local_crops": 3,
+        "batch_size": 2,
+        "seed": 5,
+    }
+    first, second = common.make_views(spec), common.make_views(spec)
+    assert [v.shape for v in first] == [(2, 8, 8, 3)] * 2 + [(2, 4, 4, 3)] * 3
+    assert all((a == b).all() for a, b in zip(first, second, strict=True))
+    assert common.feature_dim("resnet50") == 2048 and common.feature_dim("vit_small") == 384
