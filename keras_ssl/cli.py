@@ -189,17 +189,32 @@ def build_backbone(method, backbone=None, channels=1, image_size=28):
     return keras_ssl.backbones.get(backbone or "convnet", input_channels=channels)
 
 
-def build_augmenter(method, image_size=28, seed=0):
-    """The augmentation recipe of `method`'s demo, for `image_size` px images."""
+def build_augmenter(method, image_size=28, seed=0, **overrides):
+    """The augmentation recipe of `method`'s demo, for `image_size` px images (`overrides`
+    replace the recipe's options, e.g. `num_local_crops=2`)."""
     import keras_ssl
 
     recipe = DEMO_RECIPES[method]
     augment_class = getattr(keras_ssl.augment, recipe["augment"])
-    return augment_class.small_images(image_size, seed=seed, **recipe["augment_options"])
+    options = {**recipe["augment_options"], **overrides}
+    return augment_class.small_images(image_size, seed=seed, **options)
 
 
-def build_model(method, backbone, image_size, epochs, steps_per_epoch, learning_rate=None, seed=0):
+def build_model(
+    method,
+    backbone,
+    image_size,
+    epochs,
+    steps_per_epoch,
+    learning_rate=None,
+    seed=0,
+    options=None,
+    augment_options=None,
+):
     """`method`'s demo model around `backbone`, compiled with the demo optimizer.
+
+    `options` and `augment_options` replace entries of the recipe's method and
+    augmentation options (e.g. a shorter MoCo queue for a small run).
 
     AdamW with a 10% linear warm-up from a tenth of the peak rate, then cosine decay, and
     gradient clipping at norm 3; DINO and DINOv2 schedule their own weight decay, the
@@ -212,7 +227,9 @@ def build_model(method, backbone, image_size, epochs, steps_per_epoch, learning_
     recipe = DEMO_RECIPES[method]
     method_class = getattr(keras_ssl, recipe["method"])
     model = method_class(
-        backbone, augmenter=build_augmenter(method, image_size, seed), **recipe["options"]
+        backbone,
+        augmenter=build_augmenter(method, image_size, seed, **(augment_options or {})),
+        **{**recipe["options"], **(options or {})},
     )
     steps = max(1, epochs * steps_per_epoch)
     learning_rate = learning_rate or recipe["lr"]

@@ -131,6 +131,14 @@ class HubSource:
                 token=self.token,
                 library_name="keras_ssl",
             )
+        except errors.LocalEntryNotFoundError:
+            # Not in the cache, and downloads are off or the Hub did not answer. (A subclass of
+            # EntryNotFoundError, so it comes first.)
+            if not required and self._cached_snapshot():
+                return None
+            if offline:
+                raise self._offline_error(filename) from None
+            raise self._unreachable_error(filename) from None
         except errors.EntryNotFoundError:
             # RemoteEntryNotFoundError (online), or not in the local snapshot (offline).
             if not required:
@@ -141,10 +149,6 @@ class HubSource:
                 f"{self.description} has no file {filename!r}. Check the file names in the "
                 "preset card, or the repository's contents at that revision."
             ) from None
-        except errors.LocalEntryNotFoundError:
-            if not required and self._cached_snapshot():
-                return None
-            raise self._offline_error(filename) from None
         except errors.RevisionNotFoundError:
             raise PresetError(
                 f"{self.description}: the revision {self.revision!r} does not exist. Use a "
@@ -168,6 +172,17 @@ class HubSource:
         if is_pinned(self.revision):
             return (folder / "snapshots" / self.revision).is_dir()
         return (folder / "refs" / self.revision).is_file()
+
+    def _unreachable_error(self, filename):
+        from huggingface_hub import constants
+
+        cache = self.cache_dir or constants.HF_HUB_CACHE
+        return PresetError(
+            f"{filename!r} of {self.description} could not be downloaded (the Hugging Face Hub "
+            f"did not answer: no network?) and is not in the cache ({cache}). Check the "
+            f"connection, or fetch it elsewhere with `hf download {self.repo} --revision "
+            f"{self.revision}` and copy the cache here (HF_HUB_CACHE, or cache_dir=...)."
+        )
 
     def _offline_error(self, filename):
         from huggingface_hub import constants

@@ -347,6 +347,17 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                 f"got {batch_size}. Increase the batch size."
             )
         loss, logs = self.compute_ssl_loss(views, training=training)
+        # A non-finite input pixel makes the loss NaN, whatever the network does with it (XLA
+        # on CPU turns NaN into numbers in max-based ops such as ReLU and pooling), so that
+        # TerminateOnNaN sees it on every backend; the step's gradients are then zero.
+        floating = [
+            x
+            for x in keras.tree.flatten(data)
+            if x is not None and "float" in keras.backend.standardize_dtype(x.dtype)
+        ]
+        if floating:
+            finite = ops.all(ops.stack([ops.all(ops.isfinite(x)) for x in floating]))
+            loss = ops.where(finite, loss, ops.cast(float("nan"), loss.dtype))
         unknown = set(logs) - set(self.metric_names)
         if unknown:
             raise ValueError(

@@ -130,6 +130,19 @@ def test_offline_without_cache_says_what_to_do(hub, tmp_path):
         keras_ssl.from_preset("tiny_resnet", cache_dir=empty, local_files_only=True)
 
 
+def test_no_network_without_cache_says_so(hub, tmp_path, monkeypatch):
+    # What huggingface_hub raises online when the Hub cannot be reached and nothing is cached.
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def unreachable(*args, **kwargs):
+        raise errors.LocalEntryNotFoundError("connection error and no cached file")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(PresetError, match=r"could not be downloaded.*no network\?.*hf download"):
+        keras_ssl.from_preset("tiny_resnet", cache_dir=tmp_path, local_files_only=False)
+
+
 def test_missing_file_in_the_snapshot(hub):
     (hub["snapshot"] / "model.safetensors").unlink()
     with pytest.raises(PresetError, match="model.safetensors"):
