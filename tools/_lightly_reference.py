@@ -346,12 +346,7 @@ class LightlyWorker:
         self.method.step(self.views)
 
     def first_step(self):
-        start = time.perf_counter()
-        self._step()
-        first = time.perf_counter() - start
-        for _ in range(self.spec["warmup"]):
-            self._step()
-        return first
+        return common.first_step(self._step, self.spec["warmup"])
 
     def flops(self):
         """FLOPs of one step's forward + backward on the real batch (torch's counter)."""

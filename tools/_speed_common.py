@@ -140,6 +140,16 @@ def timed(fn, count):
     return times, faults
 
 
+def first_step(step, warmup):
+    """Seconds of the first call of `step` (compilation included), then `warmup` more calls."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    return first
+
+
 def serve(worker):
     """The command loop. `worker` has `steps(n)`, `augment(n)`, `fit(n)` returning dicts."""
     for line in sys.stdin:

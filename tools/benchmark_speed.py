@@ -353,12 +353,7 @@ class KerasWorker:
         self.model.train_on_batch(self.views)  # returns NumPy logs: waits for the step
 
     def first_step(self):
-        start = time.perf_counter()
-        self._step()
-        first = time.perf_counter() - start
-        for _ in range(self.spec["warmup"]):
-            self._step()
-        return first
+        return common.first_step(self._step, self.spec["warmup"])
 
     def flops(self):
         """FLOPs of one step counted by torch on the torch backend (a cross-check)."""
