@@ -1,13 +1,16 @@
 """DINOv2 (Oquab et al. 2023)."""
 
+import math
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_ssl.layers.dino_head import DINOHead
 from keras_ssl.methods.dino import DINO
 from keras_ssl.ops import distributed
 from keras_ssl.ops.dino import dino_center_update
-from keras_ssl.ops.ibot import ibot_patch_loss
+from keras_ssl.ops.ibot import ibot_patch_loss_from_rows, masked_patch_rows
 from keras_ssl.ops.koleo import koleo_loss
 from keras_ssl.ops.masking import block_masks
 from keras_ssl.ops.sinkhorn_knopp import sinkhorn_knopp
@@ -45,15 +48,24 @@ class DINOv2(DINO):
       `mask_token` replaces the masked patch embeddings), the teacher the unmasked ones;
       a separate `patch_head` (a second `DINOHead`, `ibot_separate_head=True`) maps the
       patch tokens; the loss is the cross-entropy between the teacher's and the student's
-      patch distributions over the masked patches of the same crop.
+      patch distributions of the masked patches, averaged over each crop's masked patches,
+      then over all `2N` global crops (unmasked ones add 0), as DINOv2. As in DINOv2, the
+      student and teacher patch heads run on the masked patch tokens only, gathered
+      (`keras_ssl.ops.masked_patch_rows`) into a buffer of static size
+      `M = floor(mask_probability * 2N) * floor(mask_ratio[1] * P)` rows (`P` patches a
+      crop; `2N` counts the global crops of the global batch in data-parallel training,
+      at most the replica's own), which bounds the masked patches of every draw; the
+      padding rows count nowhere. Masks passed to `compute_ssl_loss_with_masks` get a
+      buffer of all `2N * P` rows.
     - **KoLeo** (`keras_ssl.ops.koleo_loss`) on the student backbone's CLS features of
       each global crop (L2-normalised), summed over the 2 global crops as DINOv2.
     - **Teacher centring** by Sinkhorn-Knopp (`centering="sinkhorn_knopp"`, 3 iterations,
       the teacher temperature; the default, as DINOv2) or by DINO's running centres
       (`centering="centering"`; the CLS centre `center` and a separate `patch_center`,
       both with momentum `center_momentum`). Sinkhorn-Knopp is applied to the teacher's
-      CLS outputs of the global crops and to all its patch outputs of the global crops
-      (DINOv2 uses only the masked patches).
+      CLS outputs of the global crops and, separately, to its outputs of the masked
+      patches; the patch centre follows the mean teacher output of the masked patches
+      (over the global batch in both cases), as DINOv2.
 
     The total loss is `dino_loss + ibot_loss_weight * ibot + koleo_loss_weight * koleo`;
     the logged `dino_loss`, `ibot_loss` and `koleo_loss` are the weighted terms, so they
@@ -202,20 +214,48 @@ class DINOv2(DINO):
         num_patches = height * width
         if self.mask_probability == 0:
             return ops.zeros((num_images, num_patches), dtype="bool")
-        # `num_images` may be a tensor (TensorFlow graphs retraced with a relaxed batch size).
-        num_masked_images = ops.floor(self.mask_probability * ops.cast(num_images, "float32"))
+        num_masked_images = ops.cast(self._num_masked_images(num_images), "float32")
         noise = keras.random.uniform((2, num_images), seed=self.seed_generator)
         rank = ops.cast(ops.argsort(ops.argsort(noise[0])), "float32")
         lo, hi = self.mask_ratio
         slice_width = (hi - lo) / ops.maximum(num_masked_images, 1.0)
         ratio = lo + (rank + noise[1]) * slice_width
-        target = ops.where(rank < num_masked_images, ops.floor(ratio * num_patches), 0.0)
+        # ratio < hi; the clip only guards float32 rounding, so that no mask exceeds the
+        # bound `_masked_rows_bound` sizes the patch heads' buffer with.
+        target = ops.minimum(ops.floor(ratio * num_patches), self._max_masked_patches(num_patches))
+        target = ops.where(rank < num_masked_images, target, 0.0)
         return block_masks(
             target,
             (height, width),
             seed=self.seed_generator,
             max_block_patches=0.5 * num_patches,
         )
+
+    def _num_masked_images(self, num_images):
+        """`floor(mask_probability * num_images)` in float32, as a Python int for an int
+        `num_images`, else a float32 tensor (TensorFlow graphs retraced with a relaxed batch
+        size); the same value either way."""
+        if isinstance(num_images, (int, np.integer)):
+            return int(np.floor(np.float32(self.mask_probability) * np.float32(num_images)))
+        return ops.floor(self.mask_probability * ops.cast(num_images, "float32"))
+
+    def _max_masked_patches(self, num_patches):
+        """The most patches `sample_masks` masks in one image: `floor(mask_ratio[1] * P)`."""
+        return int(math.floor(self.mask_ratio[1] * num_patches))
+
+    def _masked_rows_bound(self, num_images, num_patches):
+        """The most masked patches of this replica's `num_images` global crops that
+        `_sample_replica_masks` can draw: (masked crops, counted in the global batch, at
+        most `num_images`) x `_max_masked_patches`; at least 1 (a static-size buffer)."""
+        if self.mask_probability == 0:
+            return 1
+        world = distributed.world_size()
+        per_image = self._max_masked_patches(num_patches)
+        masked = self._num_masked_images(num_images * world)
+        if isinstance(masked, int):
+            return max(1, min(masked, int(num_images)) * per_image)
+        masked = ops.minimum(masked, ops.cast(num_images, "float32"))
+        return ops.cast(ops.maximum(masked * per_image, 1.0), "int32")
 
     def _sample_replica_masks(self, num_images, grid_shape):
         """`sample_masks` for this replica's `num_images` global crops. In data-parallel
@@ -235,25 +275,33 @@ class DINOv2(DINO):
         return int(view.shape[1]) // patch, int(view.shape[2]) // patch
 
     # ---- teacher targets -----------------------------------------------------------------
-    def teacher_probabilities(self, logits, center, temperature, training):
+    def teacher_probabilities(self, logits, center, temperature, training, valid=None):
         """Teacher distributions of `(B, K)` logits: Sinkhorn-Knopp, or centred + sharpened
-        with `center` updated (in training)."""
+        with `center` updated (in training); over the `valid` rows only when given (a
+        boolean `(B,)`, False for padding)."""
         if self.centering == "sinkhorn_knopp":
             if distributed.world_size() == 1:
-                return sinkhorn_knopp(logits, temperature, num_iterations=self.sinkhorn_iterations)
+                return sinkhorn_knopp(
+                    logits, temperature, num_iterations=self.sinkhorn_iterations, valid=valid
+                )
             return sinkhorn_knopp(  # over the global batch
                 logits,
                 temperature,
                 num_iterations=self.sinkhorn_iterations,
                 reduce_sum=distributed.all_reduce_sum,
                 reduce_max=distributed.all_reduce_max,
+                valid=valid,
             )
         logits = ops.cast(ops.stop_gradient(logits), "float32")
         probs = ops.softmax((logits - ops.cast(center, "float32")) / temperature, axis=-1)
         if training:
             center.assign(
                 dino_center_update(
-                    center, logits, self.center_momentum, reduce_mean=distributed.global_batch_mean
+                    center,
+                    logits,
+                    self.center_momentum,
+                    reduce_mean=distributed.global_batch_mean,
+                    valid=valid,
                 )
             )
         return probs
@@ -264,7 +312,8 @@ class DINOv2(DINO):
 
     def compute_ssl_loss_with_masks(self, views, masks=None, training=True):
         """`compute_ssl_loss` with given `(2N, P)` masks of the two global crops (concatenated)
-        or, with `masks=None`, masks from `sample_masks`."""
+        or, with `masks=None`, masks from `sample_masks`. The patch heads run on the masked
+        patches gathered into `_masked_rows_bound` rows (all `2N * P` rows for given masks)."""
         if len(views) < 2:
             raise ValueError(
                 f"DINOv2 takes 2 global views (then local ones) per image, got {len(views)}."
@@ -274,8 +323,21 @@ class DINOv2(DINO):
         globals_ = ops.concatenate(views[:2], axis=0)
         grid = self._patch_grid(views[0])
         num_patches = grid[0] * grid[1]
+        num_images = ops.shape(globals_)[0]
         if masks is None:
-            masks = self._sample_replica_masks(ops.shape(globals_)[0], grid)
+            masks = self._sample_replica_masks(num_images, grid)
+            num_rows = self._masked_rows_bound(num_images, num_patches)
+        else:
+            masks = ops.convert_to_tensor(masks)
+            if tuple(masks.shape[1:]) != (num_patches,):
+                raise ValueError(
+                    f"DINOv2 expects masks of shape (2N, {num_patches}) for the concatenated "
+                    f"global views ({grid[0]} x {grid[1]} patches), got {tuple(masks.shape)}."
+                )
+            num_rows = num_images * num_patches
+        # The masked patch tokens (then padding), as rows of the flattened (2N * P) tokens.
+        rows, row_weights = masked_patch_rows(masks, num_rows)
+        masked_rows = row_weights > 0
 
         # Student: masked global crops (CLS + patch tokens), local crops (CLS only).
         student = self.backbone.forward_features(globals_, masks=masks, training=training)
@@ -289,26 +351,29 @@ class DINOv2(DINO):
         student_logits = ops.split(cls_logits, len(views), axis=0)
         patches = student["patches"]
         dim = patches.shape[-1]
-        patch_logits = self.patch_head(ops.reshape(patches, (-1, dim)), training=training)
-        patch_logits = ops.reshape(patch_logits, (-1, num_patches, patch_logits.shape[-1]))
+        patches = ops.take(ops.reshape(patches, (-1, dim)), rows, axis=0)
+        patch_logits = self.patch_head(patches, training=training)
 
         # Teacher: unmasked global crops.
         teacher = self.teacher_backbone.forward_features(globals_, training=training)
         teacher_cls = ops.stop_gradient(self.teacher_head(teacher["cls"]))
-        teacher_patches = self.teacher_patch_head(ops.reshape(teacher["patches"], (-1, dim)))
-        teacher_patches = ops.stop_gradient(teacher_patches)
+        teacher_patches = ops.take(ops.reshape(teacher["patches"], (-1, dim)), rows, axis=0)
+        teacher_patches = ops.stop_gradient(self.teacher_patch_head(teacher_patches))
         temperature = self.current_teacher_temperature()
         cls_probs = self.teacher_probabilities(teacher_cls, self.center, temperature, training)
         patch_probs = self.teacher_probabilities(
-            teacher_patches, self.patch_center, temperature, training
+            teacher_patches, self.patch_center, temperature, training, valid=masked_rows
         )
-        patch_probs = ops.reshape(patch_probs, (-1, num_patches, patch_probs.shape[-1]))
 
         dino = _cross_entropy_pairs(
             list(student_logits), ops.split(cls_probs, 2, axis=0), self.student_temperature
         )
-        ibot = self.ibot_loss_weight * ibot_patch_loss(
-            patch_logits, patch_probs, masks, student_temperature=self.student_temperature
+        ibot = self.ibot_loss_weight * ibot_patch_loss_from_rows(
+            patch_logits,
+            patch_probs,
+            row_weights,
+            num_images,
+            student_temperature=self.student_temperature,
         )
         koleo = self.koleo_loss_weight * sum(
             koleo_loss(c) for c in ops.split(global_cls, 2, axis=0)

@@ -3,7 +3,7 @@
 from keras_ssl.ops.byol import byol_loss
 from keras_ssl.ops.dino import dino_center_update, dino_loss
 from keras_ssl.ops.ema import ema_update
-from keras_ssl.ops.ibot import ibot_patch_loss
+from keras_ssl.ops.ibot import ibot_patch_loss, ibot_patch_loss_from_rows, masked_patch_rows
 from keras_ssl.ops.info_nce import info_nce_accuracy, info_nce_loss
 from keras_ssl.ops.koleo import koleo_loss
 from keras_ssl.ops.masking import block_masks
@@ -21,12 +21,14 @@ __all__ = [
     "dino_loss",
     "ema_update",
     "ibot_patch_loss",
+    "ibot_patch_loss_from_rows",
     "info_nce_accuracy",
     "info_nce_loss",
     "koleo_loss",
     "l2_normalize",
     "linear_schedule",
     "linear_warmup_cosine",
+    "masked_patch_rows",
     "nt_xent_loss",
     "sinkhorn_knopp",
 ]

@@ -98,7 +98,7 @@ def _batch_mean(x):
     return ops.mean(x, axis=0)
 
 
-def dino_center_update(center, teacher_logits, momentum=0.9, reduce_mean=None):
+def dino_center_update(center, teacher_logits, momentum=0.9, reduce_mean=None, valid=None):
     """The new DINO centre (Caron et al. 2021, eq. 4 and Algorithm 1).
 
         c <- m c + (1 - m) * 1 / (2B) * sum_{i=1}^{2B} g_t(x_i)
@@ -115,6 +115,11 @@ def dino_center_update(center, teacher_logits, momentum=0.9, reduce_mean=None):
         reduce_mean: callable mapping the `(M, K)` concatenated logits to their
             `(K,)` mean over axis 0; defaults to the local batch mean. A
             distributed method passes one that averages across replicas.
+        valid: optional boolean `(M,)` over the concatenated logits: the mean runs over
+            the True rows only (`sum of valid rows / number of valid rows`, both through
+            `reduce_mean`, so across replicas too); the other rows are ignored (non-finite
+            ones too), and without any valid row the centre stays as it is. DINOv2 uses it
+            for the patch centre over the masked patches, padded to a fixed count.
 
     Returns:
         A float32 tensor of `center`'s shape.
@@ -132,8 +137,22 @@ def dino_center_update(center, teacher_logits, momentum=0.9, reduce_mean=None):
     else:
         logits = ops.convert_to_tensor(teacher_logits)
     logits = ops.cast(ops.stop_gradient(logits), "float32")
-    batch_center = (reduce_mean or _batch_mean)(logits)
     center = ops.cast(ops.stop_gradient(ops.convert_to_tensor(center)), "float32")
     momentum = ops.cast(momentum, "float32")
-    new_center = momentum * center + (1.0 - momentum) * batch_center
+    if valid is None:
+        batch_center = (reduce_mean or _batch_mean)(logits)
+        new_center = momentum * center + (1.0 - momentum) * batch_center
+        return ops.reshape(new_center, ops.shape(center))
+    keep = ops.reshape(ops.cast(ops.convert_to_tensor(valid), "bool"), (-1, 1))
+    # mean(valid rows, 0 elsewhere) / mean(valid flags) = sum of valid rows / their count,
+    # one reduction for both (a global mean divides both by the same number of rows).
+    stats = (reduce_mean or _batch_mean)(
+        ops.concatenate(
+            [ops.where(keep, logits, ops.zeros_like(logits)), ops.cast(keep, "float32")], axis=1
+        )
+    )
+    count = stats[-1]
+    batch_center = stats[:-1] / ops.maximum(count, 1e-30)
+    new_center = ops.reshape(momentum * center, (-1,)) + (1.0 - momentum) * batch_center
+    new_center = ops.where(count > 0, new_center, ops.reshape(center, (-1,)))
     return ops.reshape(new_center, ops.shape(center))

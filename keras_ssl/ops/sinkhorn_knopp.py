@@ -7,7 +7,14 @@ def _identity(x):
     return x
 
 
-def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=None, reduce_max=None):
+def sinkhorn_knopp(
+    teacher_logits,
+    temperature,
+    num_iterations=3,
+    reduce_sum=None,
+    reduce_max=None,
+    valid=None,
+):
     """Sinkhorn-Knopp normalisation (Caron et al. 2020, "Unsupervised Learning
     of Visual Features by Contrasting Cluster Assignments" (SwAV), Sec. 3.1 and
     Algorithm 1; the teacher centring of DINOv2, Oquab et al. 2023, Sec. 4).
@@ -44,6 +51,11 @@ def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=Non
         reduce_max: callable taking the element-wise maximum across replicas
             (no gradient); required with `reduce_sum` (the log-sum-exp over
             the global batch is shifted by the global maximum).
+        valid: optional boolean `(B,)`, False for rows that are not samples (the
+            padding of a fixed-size buffer, as DINOv2's masked patches padded to
+            `upperbound`): they are left out of the prototype sums and of `B` (the
+            number of valid rows, summed across replicas), their values are ignored
+            (non-finite ones too) and their output rows are zeros.
 
     Returns:
         `(B, K)` float32 probabilities.
@@ -65,18 +77,45 @@ def sinkhorn_knopp(teacher_logits, temperature, num_iterations=3, reduce_sum=Non
     all_reduce_sum = reduce_sum or _identity
     all_reduce_max = reduce_max or _identity
 
-    def log_sum_exp_over_batch(x, keepdims=True):
-        # log sum_b exp(x_b) over the global batch, stable: shifted by the global maximum.
-        shift = ops.stop_gradient(all_reduce_max(ops.max(x, axis=0, keepdims=True)))
-        total = all_reduce_sum(ops.sum(ops.exp(x - shift), axis=0, keepdims=True))
-        return ops.log(total) + shift
-
     log_q = ops.cast(ops.stop_gradient(logits), "float32") / ops.cast(temperature, "float32")
+    if valid is None:
+        keep = None
+        num_rows = ops.cast(ops.shape(log_q)[0], "float32")
+    else:
+        valid = ops.convert_to_tensor(valid)
+        if len(valid.shape) != 1 or valid.shape[0] not in (None, log_q.shape[0]):
+            raise ValueError(
+                f"sinkhorn_knopp expects `valid` of shape (B,) = ({log_q.shape[0]},), got "
+                f"{tuple(valid.shape)}."
+            )
+        keep = ops.reshape(ops.cast(valid, "bool"), (-1, 1))
+        log_q = ops.where(keep, log_q, ops.zeros_like(log_q))
+        num_rows = ops.sum(ops.cast(keep, "float32"))
+
+    def log_sum_exp_over_batch(x):
+        # log sum_b exp(x_b) over the (valid rows of the) global batch, stable: shifted by
+        # the global maximum.
+        if keep is None:
+            shift = ops.stop_gradient(all_reduce_max(ops.max(x, axis=0, keepdims=True)))
+            total = all_reduce_sum(ops.sum(ops.exp(x - shift), axis=0, keepdims=True))
+            return ops.log(total) + shift
+        masked = ops.where(keep, x, ops.full_like(x, float("-inf")))
+        shift = ops.stop_gradient(all_reduce_max(ops.max(masked, axis=0, keepdims=True)))
+        shift = ops.where(ops.isfinite(shift), shift, ops.zeros_like(shift))  # no valid row
+        terms = ops.where(keep, ops.exp(x - shift), ops.zeros_like(x))
+        total = all_reduce_sum(ops.sum(terms, axis=0, keepdims=True))
+        return ops.log(ops.maximum(total, 1e-30)) + shift
+
     num_prototypes = ops.cast(ops.shape(log_q)[1], "float32")
-    batch_size = all_reduce_sum(ops.cast(ops.shape(log_q)[0], "float32"))
+    batch_size = all_reduce_sum(num_rows)
+    if keep is not None:
+        batch_size = ops.maximum(batch_size, 1.0)  # finite output without any valid row
     # Q <- Q / sum(Q): over the prototypes of each sample, then over the global batch.
     log_q = log_q - log_sum_exp_over_batch(ops.logsumexp(log_q, axis=1, keepdims=True))
     for _ in range(num_iterations):
         log_q = log_q - log_sum_exp_over_batch(log_q) - ops.log(num_prototypes)
         log_q = log_q - ops.logsumexp(log_q, axis=1, keepdims=True) - ops.log(batch_size)
-    return ops.exp(log_q + ops.log(batch_size))
+    q = ops.exp(log_q + ops.log(batch_size))
+    if keep is None:
+        return q
+    return ops.where(keep, q, ops.zeros_like(q))

@@ -84,27 +84,33 @@ def test_loss_matches_the_ops(centering):
     student = model.backbone.forward_features(globals_, masks=masks)
     student_logits = list(ops.split(model.head(student["cls"]), 2, axis=0))
     student_logits += [model.head(model.backbone(v)) for v in views[2:]]
-    patch_logits = ops.reshape(
-        model.patch_head(ops.reshape(student["patches"], (-1, 16))), (16, 16, 32)
-    )
+    # The patch heads see the masked patches only (DINOv2): select them with NumPy.
+    masked = np.flatnonzero(_np(masks).reshape(-1))
+    assert 0 < len(masked) < 16 * 16
+    patch_logits = _np(model.patch_head(_np(student["patches"]).reshape(-1, 16)[masked]))
     teacher = model.teacher_backbone.forward_features(globals_)
     teacher_logits = model.teacher_head(teacher["cls"])
-    teacher_patches = model.teacher_patch_head(ops.reshape(teacher["patches"], (-1, 16)))
+    teacher_patches = _np(model.teacher_patch_head(_np(teacher["patches"]).reshape(-1, 16)[masked]))
     center, patch_center = _np(model.center), _np(model.patch_center)
     tau = 0.04
     if centering == "centering":
         dino = keras_ssl.ops.dino_loss(
             student_logits, list(ops.split(teacher_logits, 2, axis=0)), center, 0.1, tau
         )
-        patch_probs = ops.softmax((teacher_patches - patch_center) / tau, axis=-1)
+        patch_probs = _np(ops.softmax((teacher_patches - patch_center) / tau, axis=-1))
     else:
         probs = keras_ssl.ops.sinkhorn_knopp(teacher_logits, tau, num_iterations=3)
         # softmax(log q) = q: dino_loss with log-probabilities, no centre, temperature 1.
         log_probs = [ops.log(p) for p in ops.split(probs, 2, axis=0)]
         dino = keras_ssl.ops.dino_loss(student_logits, log_probs, np.zeros(32, "float32"), 0.1, 1)
-        patch_probs = keras_ssl.ops.sinkhorn_knopp(teacher_patches, tau, num_iterations=3)
+        # Sinkhorn-Knopp over the masked patches alone (B = their number).
+        patch_probs = _np(keras_ssl.ops.sinkhorn_knopp(teacher_patches, tau, num_iterations=3))
+    # Scattered back to (2N, P, K), zeros at the unmasked patches, for the full-form loss.
+    full_logits = np.zeros((16 * 16, 32), "float32")
+    full_probs = np.zeros((16 * 16, 32), "float32")
+    full_logits[masked], full_probs[masked] = patch_logits, patch_probs
     ibot = keras_ssl.ops.ibot_patch_loss(
-        patch_logits, ops.reshape(patch_probs, (16, 16, 32)), masks, 0.1
+        full_logits.reshape(16, 16, 32), full_probs.reshape(16, 16, 32), masks, 0.1
     )
     cls_a, cls_b = ops.split(student["cls"], 2, axis=0)
     koleo = keras_ssl.ops.koleo_loss(cls_a) + keras_ssl.ops.koleo_loss(cls_b)
@@ -118,9 +124,52 @@ def test_loss_matches_the_ops(centering):
     if centering == "centering":  # both centres follow their teacher outputs
         teacher_mean = np.mean(_np(teacher_logits), axis=0)
         np.testing.assert_allclose(_np(model.center)[0], 0.1 * teacher_mean, atol=1e-5)
-        patch_mean = np.mean(_np(teacher_patches), axis=0)
+        patch_mean = np.mean(teacher_patches, axis=0)  # over the masked patches only
         expected_patch = 0.9 * patch_center[0] + 0.1 * patch_mean
         np.testing.assert_allclose(_np(model.patch_center)[0], expected_patch, atol=1e-5)
+
+
+def test_patch_heads_run_on_the_masked_patches_only():
+    # 2 x 8 global crops of 16 patches: at most floor(0.5 * 16) = 8 crops masked, each at
+    # most floor(0.5 * 16) = 8 patches, so the heads get 64 rows instead of 256.
+    model = _model(mask_probability=0.5, mask_ratio=(0.1, 0.5))
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.optimizer.build(model.trainable_variables)
+    shapes = {}
+    for name in ("patch_head", "teacher_patch_head"):
+        head = getattr(model, name)
+
+        def spy(x, training=None, _call=head.call, _name=name):
+            shapes.setdefault(_name, []).append(tuple(x.shape))
+            return _call(x, training=training)
+
+        head.call = spy
+    _, logs = model.compute_ssl_loss(tuple(ops.convert_to_tensor(v) for v in _views(8)))
+    assert shapes == {"patch_head": [(64, 16)], "teacher_patch_head": [(64, 16)]}
+    assert float(logs["ibot_loss"]) > 0
+    # The bound holds for every draw: no mask has more than 8 patches, nor more than 8
+    # masked crops.
+    for _ in range(5):
+        counts = _np(model.sample_masks(16, (4, 4))).sum(axis=1)
+        assert counts.max() <= 8 and (counts > 0).sum() <= 8
+        assert counts.sum() <= model._masked_rows_bound(16, 16) == 64
+    # Explicit masks: all 2N * P rows (correct, without the saving).
+    shapes.clear()
+    masks = np.zeros((16, 16), bool)
+    masks[3, :12] = True  # more than the sampler's bound
+    model.compute_ssl_loss_with_masks(tuple(ops.convert_to_tensor(v) for v in _views(8)), masks)
+    assert shapes == {"patch_head": [(256, 16)], "teacher_patch_head": [(256, 16)]}
+
+
+def test_masked_rows_bound_counts_the_global_batch(monkeypatch):
+    # In data-parallel training the masked crops are drawn over the global batch, so one
+    # replica may hold up to all its crops masked: floor(0.5 * 2 * 16) = 16 of its 16.
+    model = _model(mask_probability=0.5, mask_ratio=(0.1, 0.5))
+    assert model._masked_rows_bound(16, 16) == 8 * 8
+    monkeypatch.setattr(keras_ssl.methods.dinov2.distributed, "world_size", lambda: 2)
+    assert model._masked_rows_bound(16, 16) == 16 * 8
+    monkeypatch.setattr(keras_ssl.methods.dinov2.distributed, "world_size", lambda: 4)
+    assert model._masked_rows_bound(16, 16) == 16 * 8  # never more than the replica's crops
 
 
 def test_masks_ratio_probability_and_global_crops_only():

@@ -129,3 +129,39 @@ def test_rejects_bad_inputs():
         dino_loss([x, np.zeros((2, 5), "float32")], [x, x], np.zeros(4, "float32"))
     with pytest.raises(ValueError, match="pair"):
         dino_loss([x], [x], np.zeros(4, "float32"))
+
+
+def test_center_update_over_valid_rows_only():
+    rng = np.random.default_rng(5)
+    center = rng.normal(size=(1, 5)).astype("float32")
+    logits = rng.normal(size=(7, 5)).astype("float32")
+    valid = np.array([True, False, True, True, False, False, True])
+    noisy = logits.copy()
+    noisy[~valid] = np.nan  # ignored rows may hold anything
+    got = ops.convert_to_numpy(dino_center_update(center, noisy, 0.9, valid=valid))
+    expected = 0.9 * center + 0.1 * logits[valid].mean(axis=0, keepdims=True)
+    assert got.shape == (1, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # Without a valid row the centre stays.
+    none = ops.convert_to_numpy(dino_center_update(center, logits, 0.9, valid=np.zeros(7, bool)))
+    np.testing.assert_array_equal(none, center)
+
+
+def test_center_update_over_valid_rows_of_all_replicas():
+    # The other replica holds the same rows with the complementary flags: the global mean
+    # of the valid rows is then the mean of all 6 local rows, through one reduction.
+    rng = np.random.default_rng(6)
+    center = rng.normal(size=(4,)).astype("float32")
+    logits = rng.normal(size=(6, 4)).astype("float32")
+    valid = np.array([True, True, False, True, False, False])
+    seen = []
+
+    def global_mean(x):
+        seen.append(tuple(x.shape))
+        flags = np.reshape(valid, (-1, 1))
+        other = np.concatenate([np.where(flags, 0.0, logits), ~flags], axis=1)
+        return (ops.sum(x, axis=0) + ops.sum(other.astype("float32"), axis=0)) / 12.0
+
+    got = ops.convert_to_numpy(dino_center_update(center, logits, 0.8, global_mean, valid))
+    assert seen == [(6, 5)]
+    np.testing.assert_allclose(got, 0.8 * center + 0.2 * logits.mean(axis=0), rtol=1e-5, atol=1e-7)

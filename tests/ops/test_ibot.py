@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_ssl.ops import ibot_patch_loss
+from keras_ssl.ops import ibot_patch_loss, ibot_patch_loss_from_rows, masked_patch_rows
 
 
 def _log_softmax(x):
@@ -94,3 +94,55 @@ def test_rejects_bad_shapes():
         ibot_patch_loss(x, np.zeros((2, 3, 5), "float32"), np.ones((2, 3), bool))
     with pytest.raises(ValueError, match="masks"):
         ibot_patch_loss(x, x, np.ones((2, 4), bool))
+
+
+def _reference_rows(masks, num_rows):
+    """Masked rows of the flattened (N * P) patches in order, then unmasked ones."""
+    flat = masks.reshape(-1)
+    order = np.concatenate([np.flatnonzero(flat), np.flatnonzero(~flat)])[:num_rows]
+    counts = masks.sum(axis=1)
+    weights = np.where(flat[order], 1.0 / np.maximum(counts[order // masks.shape[1]], 1), 0.0)
+    return order, weights
+
+
+@pytest.mark.parametrize("padding", [0, 3, None])
+def test_masked_patch_rows_equals_reference(padding):
+    rng = np.random.default_rng(7)
+    masks = rng.random((4, 6)) < 0.3
+    masks[0, :2] = True
+    masks[2] = False  # an image without masked patches
+    num_rows = masks.size if padding is None else int(masks.sum()) + padding
+    rows, weights = masked_patch_rows(masks, num_rows)
+    expected_rows, expected_weights = _reference_rows(masks, num_rows)
+    assert tuple(rows.shape) == (num_rows,)
+    np.testing.assert_array_equal(ops.convert_to_numpy(rows), expected_rows)
+    np.testing.assert_allclose(ops.convert_to_numpy(weights), expected_weights, rtol=1e-6)
+
+
+def test_loss_from_rows_equals_the_full_loss():
+    rng = np.random.default_rng(5)
+    student, teacher, masks = _inputs(rng, 4, 9, 8)
+    masks[3] = False  # still counts in N
+    rows, weights = masked_patch_rows(masks, int(masks.sum()) + 5)  # 5 padding rows
+    rows = ops.convert_to_numpy(rows)
+    k = student.shape[-1]
+    student_rows = student.reshape(-1, k)[rows]
+    teacher_rows = teacher.reshape(-1, k)[rows]
+    got = float(ibot_patch_loss_from_rows(student_rows, teacher_rows, weights, 4, 0.1))
+    np.testing.assert_allclose(got, _reference_ibot(student, teacher, masks, 0.1), rtol=1e-5)
+    # Padding rows may hold anything.
+    padding = ops.convert_to_numpy(weights) == 0
+    assert padding.sum() == 5
+    student_rows[padding], teacher_rows[padding] = np.inf, np.nan
+    again = float(ibot_patch_loss_from_rows(student_rows, teacher_rows, weights, 4, 0.1))
+    np.testing.assert_allclose(again, got, rtol=1e-6)
+
+
+def test_loss_from_rows_rejects_bad_shapes():
+    x = np.zeros((3, 4), "float32")
+    with pytest.raises(ValueError, match="same"):
+        ibot_patch_loss_from_rows(x, np.zeros((3, 5), "float32"), np.ones(3, "float32"), 1)
+    with pytest.raises(ValueError, match="weights"):
+        ibot_patch_loss_from_rows(x, x, np.ones((3, 1), "float32"), 1)
+    with pytest.raises(ValueError, match="masks"):
+        masked_patch_rows(np.ones((2, 3, 1), bool), 2)

@@ -93,3 +93,53 @@ def test_computes_in_float32(dtype):
     np.testing.assert_allclose(
         ops.convert_to_numpy(q), _reference_sinkhorn(rounded, 0.1, 3), rtol=1e-4, atol=1e-6
     )
+
+
+def test_valid_rows_only():
+    # DINOv2's masked patches padded to a fixed buffer: the padding rows must not count in
+    # the prototype sums nor in B.
+    rng = np.random.default_rng(4)
+    logits = rng.uniform(-1, 1, size=(9, 6)).astype("float32")
+    valid = np.array([True, False, True, True, False, True, False, True, True])
+    noisy = logits.copy()
+    noisy[~valid] = np.nan
+    q = ops.convert_to_numpy(sinkhorn_knopp(noisy, 0.1, num_iterations=3, valid=valid))
+    assert q.shape == (9, 6)
+    np.testing.assert_allclose(
+        q[valid], _reference_sinkhorn(logits[valid], 0.1, 3), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_array_equal(q[~valid], 0.0)
+    # No valid row at all: zeros, not NaN.
+    empty = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.1, valid=np.zeros(9, bool)))
+    np.testing.assert_array_equal(empty, 0.0)
+
+
+def test_valid_rows_with_the_reduce_hooks():
+    # Two identical replicas, each with padding: each replica's valid rows equal their rows
+    # of the Sinkhorn-Knopp of both replicas' valid rows together.
+    rng = np.random.default_rng(5)
+    logits = rng.uniform(-1, 1, size=(6, 4)).astype("float32")
+    valid = np.array([True, True, False, True, False, True])
+    local = ops.convert_to_numpy(
+        sinkhorn_knopp(
+            logits, 0.1, reduce_sum=lambda x: 2.0 * x, reduce_max=lambda x: x, valid=valid
+        )
+    )
+    both = _reference_sinkhorn(np.concatenate([logits[valid], logits[valid]]), 0.1, 3)
+    np.testing.assert_allclose(local[valid], both[: valid.sum()], rtol=1e-4, atol=1e-6)
+    # A replica with only padding rows still takes part (its rows are zeros, finite).
+    padding = ops.convert_to_numpy(
+        sinkhorn_knopp(
+            logits,
+            0.1,
+            reduce_sum=lambda x: 2.0 * x,
+            reduce_max=lambda x: x,
+            valid=~np.ones(6, bool),
+        )
+    )
+    np.testing.assert_array_equal(padding, 0.0)
+
+
+def test_rejects_valid_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="valid"):
+        sinkhorn_knopp(np.zeros((4, 3), "float32"), 0.1, valid=np.ones(5, bool))
