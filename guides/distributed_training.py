@@ -72,7 +72,9 @@ NUM_DEVICES = 2 if SMALL else None  # None: every device there is
 
 if BACKEND == "jax" and SMALL:
     # Before JAX is imported (`import keras` imports it): 2 virtual devices on the CPU.
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
 
 if BACKEND == "torch" and "RANK" not in os.environ:
     # PyTorch runs one process per device. Started without torchrun, the guide starts

@@ -70,7 +70,8 @@ def _run_worker(out_dir):
         return
     extra = {}
     if backend == "jax":
-        extra["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        flags = os.environ.get("XLA_FLAGS", "")
+        extra["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
     result = subprocess.run(
         [sys.executable, str(WORKER), str(out_dir), "single", "parallel"],
         env=_env(**extra),
