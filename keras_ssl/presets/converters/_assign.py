@@ -274,3 +274,22 @@ def vit_arguments():
 
     parameters = inspect.signature(ViT.__init__).parameters
     return {k for k, p in parameters.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+# transformers >= 5 in-memory attention names -> those of the published ViT / DINOv2 safetensors.
+TRANSFORMERS_ATTENTION_RENAMES = (
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+)
+
+
+def transformers_geometry(config, default_image_size, default_patch_size):
+    """`(image_size, patch_size)` of a transformers vision `config.json` dict, each given
+    as an int or as a `[h, w]` pair (the first side is taken)."""
+    sizes = []
+    for key, default in (("image_size", default_image_size), ("patch_size", default_patch_size)):
+        value = config.get(key, default)
+        sizes.append(int(value[0] if isinstance(value, list | tuple) else value))
+    return tuple(sizes)

@@ -49,13 +49,7 @@ PREFIXES = ("dinov2.", "dinov2_with_registers.", "model.")
 _IGNORED = ("classifier.", "pooler.")
 _INTERPOLATIONS = ("original", "transformers")
 # transformers >= 5 in-memory names -> the names of the published safetensors.
-_RENAMES = (
-    (r"\.attention\.q_proj\.", ".attention.attention.query."),
-    (r"\.attention\.k_proj\.", ".attention.attention.key."),
-    (r"\.attention\.v_proj\.", ".attention.attention.value."),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
-    (r"\.mlp\.down_proj\.", ".mlp.weights_out."),
-)
+_RENAMES = _assign.TRANSFORMERS_ATTENTION_RENAMES + ((r"\.mlp\.down_proj\.", ".mlp.weights_out."),)
 
 KEYS = _assign.ViTKeys(
     patch_embed="embeddings.patch_embeddings.projection",
@@ -145,11 +139,7 @@ def backbone_config(source_config: dict, *, interpolation: str = "original") -> 
             f"hidden_act {c['hidden_act']!r} is not supported: the ViT MLP uses the exact "
             "GELU ('gelu') or SwiGLU (`use_swiglu_ffn`)."
         )
-    image_size, patch_size = c.get("image_size", 518), c.get("patch_size", 14)
-    if isinstance(image_size, list | tuple):
-        image_size = image_size[0]
-    if isinstance(patch_size, list | tuple):
-        patch_size = patch_size[0]
+    image_size, patch_size = _assign.transformers_geometry(c, 518, 14)
     config = {
         "patch_size": int(patch_size),
         "hidden_dim": int(c.get("hidden_size", 768)),

@@ -49,12 +49,8 @@ PREFIXES = ("vit.",)
 _IGNORED = ("pooler.", "classifier.")
 _INTERPOLATIONS = ("original", "transformers")
 # transformers >= 5 in-memory names -> the names of the published safetensors.
-_RENAMES = (
+_RENAMES = _assign.TRANSFORMERS_ATTENTION_RENAMES + (
     (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
-    (r"\.attention\.q_proj\.", ".attention.attention.query."),
-    (r"\.attention\.k_proj\.", ".attention.attention.key."),
-    (r"\.attention\.v_proj\.", ".attention.attention.value."),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
     (r"\.mlp\.fc1\.", ".intermediate.dense."),
     (r"\.mlp\.fc2\.", ".output.dense."),
 )
@@ -144,11 +140,7 @@ def backbone_config(
             "GELU ('gelu')."
         )
     hidden = int(c.get("hidden_size", 768))
-    image_size, patch_size = c.get("image_size", 224), c.get("patch_size", 16)
-    if isinstance(image_size, list | tuple):
-        image_size = image_size[0]
-    if isinstance(patch_size, list | tuple):
-        patch_size = patch_size[0]
+    image_size, patch_size = _assign.transformers_geometry(c, 224, 16)
     if layer_norm_epsilon is None:
         layer_norm_epsilon = c.get("layer_norm_eps", 1e-12)
     config = {
