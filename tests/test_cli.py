@@ -42,3 +42,25 @@ def test_unknown_method_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--method", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dinov2_demo_teacher_targets_differ_between_images_at_init():
+    # With DINOv2's LayerScale 1e-5 every image's CLS token is the same at init, and
+    # Sinkhorn-Knopp of identical rows is exactly uniform (ln K nats): the CLS loss would
+    # teach nothing until the residual branches grow. The demo recipe must not start there.
+    import numpy as np
+    from keras import ops
+
+    from keras_ssl.datasets import fashion_mnist
+    from keras_ssl.ops import sinkhorn_knopp
+
+    (x, _), _ = fashion_mnist.load_data(source="embedded")
+    model = cli.build_model("dinov2", cli.build_backbone("dinov2"), 28, epochs=1, steps_per_epoch=1)
+    images = ops.convert_to_tensor(x[:64, ..., None].astype("float32") / 255.0)
+    cls = ops.convert_to_numpy(model.teacher_backbone.forward_features(images)["cls"])
+    unit = cls / np.linalg.norm(cls, axis=-1, keepdims=True)
+    assert (unit @ unit.T)[np.triu_indices(64, 1)].mean() < 0.99  # 1.0000 at LayerScale 1e-5
+    logits = model.teacher_head(ops.convert_to_tensor(cls))
+    targets = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.04, num_iterations=3))
+    entropy = -(targets * np.log(targets)).sum(axis=-1).mean()
+    assert np.log(targets.shape[-1]) - entropy > 0.02  # 0.07-0.12 nats here; 0 at 1e-5

@@ -119,16 +119,24 @@ class DINOHead(keras.layers.Layer):
         norm = ops.maximum(ops.norm(v, axis=0, keepdims=True), 1e-12)
         return v / norm * ops.expand_dims(g, 0)
 
-    def bottleneck(self, inputs, training=None):
-        """The L2-normalised `(..., bottleneck_dim)` float32 bottleneck features."""
+    def bottleneck(self, inputs, training=None, mask=None):
+        """The L2-normalised `(..., bottleneck_dim)` float32 bottleneck features.
+
+        `mask` (boolean, `inputs.shape[:-1]`) marks the rows that batch norm's
+        statistics are taken over (padding rows are left out); it changes
+        nothing without `use_bn`.
+        """
         x = inputs
         for block in self.mlp:
-            x = block(x, training=training)
+            if isinstance(block, keras.layers.BatchNormalization):
+                x = block(x, training=training, mask=mask)
+            else:
+                x = block(x, training=training)
         x = ops.cast(x, "float32")
         return l2_normalize(x, axis=-1)
 
-    def call(self, inputs, training=None):
-        x = self.bottleneck(inputs, training=training)
+    def call(self, inputs, training=None, mask=None):
+        x = self.bottleneck(inputs, training=training, mask=mask)
         kernel = self.last_layer_kernel()
         return ops.cast(ops.matmul(x, kernel), self.compute_dtype)
 

@@ -131,3 +131,24 @@ def test_keras_save_and_load(tmp_path):
     head = restored.get_layer("head")
     assert isinstance(head, DINOHead)
     assert not head.last_layer_g.trainable
+
+
+def test_batch_norm_statistics_skip_masked_out_rows():
+    # Padding rows (here huge values) must not move the hidden BN's batch statistics: the
+    # valid rows' outputs and the moving statistics equal those of the valid rows alone.
+    inputs = np.random.default_rng(0).normal(size=(6, 8)).astype("float32")
+    padded = np.concatenate([inputs, np.full((3, 8), 1e3, "float32")])
+    mask = np.array([True] * 6 + [False] * 3)
+    reference, head = _small_head(num_layers=2, use_bn=True), _small_head(num_layers=2, use_bn=True)
+    reference.build((None, 8))
+    head.build((None, 8))
+    head.set_weights(reference.get_weights())
+    expected = ops.convert_to_numpy(reference(inputs, training=True))
+    got = ops.convert_to_numpy(head(padded, training=True, mask=ops.convert_to_tensor(mask)))
+    np.testing.assert_allclose(got[:6], expected, rtol=1e-5, atol=1e-5)
+    moving = [w for w in reference.non_trainable_weights if "moving" in w.path]
+    assert len(moving) == 2
+    pairs = zip(head.non_trainable_weights, reference.non_trainable_weights, strict=True)
+    for ours, theirs in pairs:
+        ours, theirs = ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -135,13 +135,15 @@ def test_patch_heads_run_on_the_masked_patches_only():
     model = _model(mask_probability=0.5, mask_ratio=(0.1, 0.5))
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     model.optimizer.build(model.trainable_variables)
-    shapes = {}
+    shapes, valid_rows = {}, []
     for name in ("patch_head", "teacher_patch_head"):
         head = getattr(model, name)
 
-        def spy(x, training=None, _call=head.call, _name=name):
+        def spy(x, training=None, mask=None, _call=head.call, _name=name):
             shapes.setdefault(_name, []).append(tuple(x.shape))
-            return _call(x, training=training)
+            if mask is not None:
+                valid_rows.append(int(_np(mask).sum()))
+            return _call(x, training=training, mask=mask)
 
         head.call = spy
     _, logs = model.compute_ssl_loss(tuple(ops.convert_to_tensor(v) for v in _views(8)))
@@ -159,6 +161,29 @@ def test_patch_heads_run_on_the_masked_patches_only():
     masks[3, :12] = True  # more than the sampler's bound
     model.compute_ssl_loss_with_masks(tuple(ops.convert_to_tensor(v) for v in _views(8)), masks)
     assert shapes == {"patch_head": [(256, 16)], "teacher_patch_head": [(256, 16)]}
+    # The student's head is told which rows are masked patches (its BN, if any, uses those).
+    assert valid_rows[-1] == 12
+
+
+def test_patch_head_batch_norm_sees_the_masked_patches_only():
+    # With use_bn_in_head, the patch head's BN statistics come from the masked patch tokens
+    # alone: the moving mean moves by (1 - 0.9) x the mean of their first linear layer.
+    model = _model(use_bn_in_head=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    views = tuple(ops.convert_to_tensor(v) for v in _views(8))
+    masks = np.zeros((16, 16), bool)
+    masks[3, :12] = True
+    masks[9, 5:9] = True
+    model.compute_ssl_loss_with_masks(views, masks, training=True)
+    student = model.backbone.forward_features(
+        ops.concatenate(views[:2], axis=0), masks=ops.convert_to_tensor(masks), training=True
+    )
+    patches = _np(student["patches"]).reshape(-1, 16)[masks.reshape(-1)]
+    hidden = _np(model.patch_head.mlp[0](ops.convert_to_tensor(patches)))
+    batch_norm = model.patch_head.mlp[1]
+    np.testing.assert_allclose(
+        _np(batch_norm.moving_mean), 0.1 * hidden.mean(axis=0), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_masked_rows_bound_counts_the_global_batch(monkeypatch):
