@@ -119,24 +119,24 @@ class DINOHead(keras.layers.Layer):
         norm = ops.maximum(ops.norm(v, axis=0, keepdims=True), 1e-12)
         return v / norm * ops.expand_dims(g, 0)
 
-    def bottleneck(self, inputs, training=None, mask=None):
+    def bottleneck(self, inputs, training=None, valid=None):
         """The L2-normalised `(..., bottleneck_dim)` float32 bottleneck features.
 
-        `mask` (boolean, `inputs.shape[:-1]`) marks the rows that batch norm's
+        `valid` (boolean, `inputs.shape[:-1]`) marks the rows that batch norm's
         statistics are taken over (padding rows are left out); it changes
-        nothing without `use_bn`.
+        nothing without `use_bn`. (Not Keras's `mask`: the logits carry none.)
         """
         x = inputs
         for block in self.mlp:
             if isinstance(block, keras.layers.BatchNormalization):
-                x = block(x, training=training, mask=mask)
+                x = block(x, training=training, mask=valid)
             else:
                 x = block(x, training=training)
         x = ops.cast(x, "float32")
         return l2_normalize(x, axis=-1)
 
-    def call(self, inputs, training=None, mask=None):
-        x = self.bottleneck(inputs, training=training, mask=mask)
+    def call(self, inputs, training=None, valid=None):
+        x = self.bottleneck(inputs, training=training, valid=valid)
         kernel = self.last_layer_kernel()
         return ops.cast(ops.matmul(x, kernel), self.compute_dtype)
 

@@ -352,7 +352,7 @@ class DINOv2(DINO):
         patches = student["patches"]
         dim = patches.shape[-1]
         patches = ops.take(ops.reshape(patches, (-1, dim)), rows, axis=0)
-        patch_logits = self.patch_head(patches, training=training, mask=masked_rows)
+        patch_logits = self.patch_head(patches, training=training, valid=masked_rows)
 
         # Teacher: unmasked global crops.
         teacher = self.teacher_backbone.forward_features(globals_, training=training)

@@ -144,7 +144,7 @@ def test_batch_norm_statistics_skip_masked_out_rows():
     head.build((None, 8))
     head.set_weights(reference.get_weights())
     expected = ops.convert_to_numpy(reference(inputs, training=True))
-    got = ops.convert_to_numpy(head(padded, training=True, mask=ops.convert_to_tensor(mask)))
+    got = ops.convert_to_numpy(head(padded, training=True, valid=ops.convert_to_tensor(mask)))
     np.testing.assert_allclose(got[:6], expected, rtol=1e-5, atol=1e-5)
     moving = [w for w in reference.non_trainable_weights if "moving" in w.path]
     assert len(moving) == 2

@@ -139,11 +139,11 @@ def test_patch_heads_run_on_the_masked_patches_only():
     for name in ("patch_head", "teacher_patch_head"):
         head = getattr(model, name)
 
-        def spy(x, training=None, mask=None, _call=head.call, _name=name):
+        def spy(x, training=None, valid=None, _call=head.call, _name=name):
             shapes.setdefault(_name, []).append(tuple(x.shape))
-            if mask is not None:
-                valid_rows.append(int(_np(mask).sum()))
-            return _call(x, training=training, mask=mask)
+            if valid is not None:
+                valid_rows.append(int(_np(valid).sum()))
+            return _call(x, training=training, valid=valid)
 
         head.call = spy
     _, logs = model.compute_ssl_loss(tuple(ops.convert_to_tensor(v) for v in _views(8)))
