@@ -3,9 +3,13 @@
 import json
 
 import keras
+import numpy as np
 import pytest
+from keras import ops
 
 from keras_ssl import cli
+from keras_ssl.datasets import fashion_mnist
+from keras_ssl.ops import sinkhorn_knopp
 
 
 @pytest.mark.parametrize("method", cli.METHODS)
@@ -48,12 +52,6 @@ def test_dinov2_demo_teacher_targets_differ_between_images_at_init():
     # With DINOv2's LayerScale 1e-5 every image's CLS token is the same at init, and
     # Sinkhorn-Knopp of identical rows is exactly uniform (ln K nats): the CLS loss would
     # teach nothing until the residual branches grow. The demo recipe must not start there.
-    import numpy as np
-    from keras import ops
-
-    from keras_ssl.datasets import fashion_mnist
-    from keras_ssl.ops import sinkhorn_knopp
-
     (x, _), _ = fashion_mnist.load_data(source="embedded")
     model = cli.build_model("dinov2", cli.build_backbone("dinov2"), 28, epochs=1, steps_per_epoch=1)
     images = ops.convert_to_tensor(x[:64, ..., None].astype("float32") / 255.0)
