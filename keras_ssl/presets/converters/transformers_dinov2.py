@@ -141,7 +141,7 @@ def backbone_config(source_config: dict, *, interpolation: str = "original") -> 
         )
     image_size, patch_size = _assign.transformers_geometry(c, 518, 14)
     config = {
-        "patch_size": int(patch_size),
+        "patch_size": patch_size,
         "hidden_dim": int(c.get("hidden_size", 768)),
         "depth": int(c.get("num_hidden_layers", 12)),
         "num_heads": int(c.get("num_attention_heads", 12)),
@@ -151,7 +151,7 @@ def backbone_config(source_config: dict, *, interpolation: str = "original") -> 
         "layer_scale_init": float(c.get("layerscale_value", 1.0)),
         "qkv_bias": bool(c.get("qkv_bias", True)),
         "layer_norm_epsilon": float(c.get("layer_norm_eps", 1e-6)),
-        "pretrain_image_size": int(image_size),
+        "pretrain_image_size": image_size,
         "use_mask_token": bool(c.get("use_mask_token", True)),
         "mlp": "swiglu" if swiglu else "gelu",
     }

@@ -144,7 +144,7 @@ def backbone_config(
     if layer_norm_epsilon is None:
         layer_norm_epsilon = c.get("layer_norm_eps", 1e-12)
     config = {
-        "patch_size": int(patch_size),
+        "patch_size": patch_size,
         "hidden_dim": hidden,
         "depth": int(c.get("num_hidden_layers", 12)),
         "num_heads": int(c.get("num_attention_heads", 12)),
@@ -154,7 +154,7 @@ def backbone_config(
         "layer_scale_init": None,
         "qkv_bias": bool(c.get("qkv_bias", True)),
         "layer_norm_epsilon": float(layer_norm_epsilon),
-        "pretrain_image_size": int(image_size),
+        "pretrain_image_size": image_size,
         "use_mask_token": False,
         "mlp": "gelu",
     }
