@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
+
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class ProjectionHead(keras.layers.Layer):
@@ -53,7 +55,7 @@ class ProjectionHead(keras.layers.Layer):
             )
             if batch_norm:
                 self.blocks.append(
-                    keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn_{i}")
+                    FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn_{i}")
                 )
             self.blocks.append(keras.layers.ReLU(name=f"relu_{i}"))
         last = num_layers - 1
@@ -62,7 +64,7 @@ class ProjectionHead(keras.layers.Layer):
         )
         if output_batch_norm:
             self.blocks.append(
-                keras.layers.BatchNormalization(
+                FusedBatchNormalization(
                     momentum=0.9, epsilon=1e-5, center=False, scale=False, name=f"bn_{last}"
                 )
             )

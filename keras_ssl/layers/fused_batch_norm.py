@@ -1,0 +1,112 @@
+"""`BatchNormalization` whose training step is one fused kernel where the backend has one."""
+
+import keras
+from keras import ops
+
+from keras_ssl.distributed.sync_batchnorm import is_sync_batchnorm
+
+
+def normalize_with_batch_statistics(x, gamma, beta, axis, epsilon):
+    """Batch norm in training mode (Ioffe & Szegedy, 2015): returns `(y, mean, variance)`.
+
+    With `mu` and `sigma^2` the mean and the biased variance of `x` over every axis but
+    `axis`, `y = gamma * (x - mu) / sqrt(sigma^2 + epsilon) + beta`; the gradient flows
+    through `mu` and `sigma^2` as in `keras.layers.BatchNormalization`.
+
+    On PyTorch this is one `native_batch_norm` call (a single fused kernel forward and
+    backward; a channels-last tensor is normalised in its own memory layout, without a
+    copy); on TensorFlow, for channels-last images, one `FusedBatchNormV3`. Elsewhere (JAX,
+    where XLA fuses the ops itself; TensorFlow for other layouts) it is `keras.ops.moments` and
+    `keras.ops.batch_normalization`.
+    """
+    x = ops.convert_to_tensor(x)
+    axis = axis % len(x.shape)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return _torch_normalize(x, gamma, beta, axis, epsilon)
+    if backend == "tensorflow" and len(x.shape) == 4 and axis == 3:
+        return _tensorflow_normalize(x, gamma, beta, axis, epsilon)
+    axes = [i for i in range(len(x.shape)) if i != axis]
+    mean, variance = ops.moments(x, axes=axes)
+    y = ops.batch_normalization(x, mean, variance, axis, offset=beta, scale=gamma, epsilon=epsilon)
+    return y, mean, variance
+
+
+def _torch_normalize(x, gamma, beta, axis, epsilon):
+    import torch
+
+    # torch normalises over every axis but 1: move `axis` there (a view, no copy).
+    order = [0, axis, *[i for i in range(1, len(x.shape)) if i != axis]]
+    moved = x.permute(order) if axis != 1 else x
+    gamma = None if gamma is None else ops.convert_to_tensor(gamma)
+    beta = None if beta is None else ops.convert_to_tensor(beta)
+    y, mean, inverse_std = torch.native_batch_norm(
+        moved, gamma, beta, None, None, True, 0.0, epsilon
+    )
+    if axis != 1:
+        y = y.permute([order.index(i) for i in range(len(order))])
+    # native_batch_norm returns 1 / sqrt(sigma^2 + epsilon); sigma^2 (biased) from it.
+    variance = torch.reciprocal(torch.square(inverse_std.detach())) - epsilon
+    # The statistics feed the moving averages only: no gradient through them.
+    return y, mean.detach(), variance
+
+
+def _tensorflow_normalize(x, gamma, beta, axis, epsilon):
+    import tensorflow as tf
+
+    channels = x.shape[axis]
+    gamma = tf.ones([channels], x.dtype) if gamma is None else gamma
+    beta = tf.zeros([channels], x.dtype) if beta is None else beta
+    empty = tf.constant([], x.dtype)
+    # The raw op: `tf.nn.fused_batch_norm` would raise epsilon to cuDNN's minimum 1.001e-5.
+    y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=x,
+        scale=gamma,
+        offset=beta,
+        mean=empty,
+        variance=empty,
+        epsilon=epsilon,
+        data_format="NHWC",  # its NCHW training kernel on CPU is not trusted here
+        is_training=True,
+    )
+    # The op returns the unbiased variance (for moving averages); sigma^2 is the biased one.
+    count = tf.cast(tf.size(x) // channels, x.dtype)
+    variance = variance * (count - 1.0) / count
+    return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` with the same weights, config and results, whose
+    training-mode normalisation is one fused kernel on PyTorch (see
+    `normalize_with_batch_statistics`); the moving averages are updated as Keras does.
+
+    Masks, renormalisation, `synchronized=True` and synchronised statistics
+    (`keras_ssl.distributed.convert_sync_batchnorm`) take Keras's own path.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    >>> layer(np.ones((4, 8, 8, 3), "float32"), training=True).shape
+    (4, 8, 8, 3)
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or not self._fusable():
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        y, mean, variance = normalize_with_batch_statistics(x, gamma, beta, self.axis, self.epsilon)
+        momentum = self.momentum
+        self.moving_mean.assign(
+            ops.cast(self.moving_mean, x.dtype) * momentum + mean * (1.0 - momentum)
+        )
+        self.moving_variance.assign(
+            ops.cast(self.moving_variance, x.dtype) * momentum + variance * (1.0 - momentum)
+        )
+        return ops.cast(y, self.compute_dtype)
+
+    def _fusable(self):
+        return not (self.renorm or self.synchronized or is_sync_batchnorm(self))

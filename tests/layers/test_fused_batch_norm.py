@@ -1,0 +1,157 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ssl.distributed import convert_sync_batchnorm
+from keras_ssl.layers.fused_batch_norm import (
+    FusedBatchNormalization,
+    normalize_with_batch_statistics,
+)
+
+EPSILON = 1e-5
+
+# (shape, axis): NHWC images, NCHW images, (N, C) features.
+CASES = [((4, 5, 6, 3), -1), ((4, 3, 5, 6), 1), ((16, 7), -1)]
+
+
+def _moved(x, axis):
+    return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+
+
+def _reference(x, gamma, beta, axis, dy):
+    """Ioffe & Szegedy (2015), Alg. 1 and its backward pass, in float64 NumPy."""
+    x, dy = (a.astype(np.float64) for a in (x, dy))
+    rows, upstream = _moved(x, axis), _moved(dy, axis)
+    count = rows.shape[0]
+    mean = rows.mean(0)
+    variance = ((rows - mean) ** 2).mean(0)  # biased
+    inverse_std = 1.0 / np.sqrt(variance + EPSILON)
+    x_hat = (rows - mean) * inverse_std
+    y = gamma * x_hat + beta
+    d_beta = upstream.sum(0)
+    d_gamma = (upstream * x_hat).sum(0)
+    dx = gamma * inverse_std / count * (count * upstream - d_beta - x_hat * d_gamma)
+
+    def back(a):
+        shape = list(np.moveaxis(x, axis, -1).shape)
+        return np.moveaxis(a.reshape(shape), -1, axis)
+
+    return back(y), mean, variance, back(dx), d_gamma, d_beta
+
+
+def _value_and_gradients(x, gamma, beta, axis, dy):
+    """y, mean, variance of the op and the gradients of sum(y * dy) w.r.t. x, gamma, beta."""
+    backend = keras.backend.backend()
+
+    def loss(x, gamma, beta):
+        y, _, _ = normalize_with_batch_statistics(x, gamma, beta, axis, EPSILON)
+        return ops.sum(y * ops.convert_to_tensor(dy))
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.constant(a) for a in (x, gamma, beta)]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            value = loss(*xs)
+        grads = tape.gradient(value, xs)
+    elif backend == "jax":
+        import jax
+
+        grads = jax.grad(loss, argnums=(0, 1, 2))(x, gamma, beta)
+    else:
+        import torch
+
+        xs = [torch.tensor(a, requires_grad=True) for a in (x, gamma, beta)]
+        loss(*xs).backward()
+        grads = [a.grad for a in xs]
+    y, mean, variance = normalize_with_batch_statistics(x, gamma, beta, axis, EPSILON)
+    outputs = [y, mean, variance, *grads]
+    return [np.asarray(ops.convert_to_numpy(a), dtype=np.float64) for a in outputs]
+
+
+@pytest.mark.parametrize("shape,axis", CASES)
+def test_matches_numpy_forward_statistics_and_gradients(shape, axis):
+    rng = np.random.default_rng(0)
+    channels = shape[axis]
+    x = (3.0 * rng.normal(size=shape) + 1.5).astype("float32")
+    gamma = rng.normal(size=channels).astype("float32")
+    beta = rng.normal(size=channels).astype("float32")
+    dy = rng.normal(size=shape).astype("float32")
+    got = _value_and_gradients(x, gamma, beta, axis, dy)
+    want = _reference(x, gamma.astype(np.float64), beta.astype(np.float64), axis, dy)
+    names = ["y", "mean", "variance", "dx", "dgamma", "dbeta"]
+    for name, a, b in zip(names, got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def _pair(shape, axis, **kwargs):
+    """A Keras BatchNormalization and a FusedBatchNormalization with the same weights."""
+    rng = np.random.default_rng(1)
+    plain = keras.layers.BatchNormalization(axis=axis, epsilon=EPSILON, momentum=0.9, **kwargs)
+    fused = FusedBatchNormalization(axis=axis, epsilon=EPSILON, momentum=0.9, **kwargs)
+    plain.build(shape)
+    fused.build(shape)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in plain.weights]
+    weights = [
+        np.abs(w) if "variance" in v.path else w
+        for w, v in zip(weights, plain.weights, strict=True)
+    ]
+    plain.set_weights(weights)
+    fused.set_weights(weights)
+    return plain, fused
+
+
+@pytest.mark.parametrize("shape,axis", CASES)
+@pytest.mark.parametrize("center_scale", [True, False])
+def test_layer_matches_keras_batch_normalization(shape, axis, center_scale):
+    plain, fused = _pair(shape, axis, center=center_scale, scale=center_scale)
+    x = (2.0 * np.random.default_rng(2).normal(size=shape) - 0.5).astype("float32")
+    for training in (True, False, True):
+        a = ops.convert_to_numpy(plain(x, training=training))
+        b = ops.convert_to_numpy(fused(x, training=training))
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    # Moving statistics: m * old + (1 - m) * batch mean / biased batch variance, twice.
+    for p, f in zip(plain.weights, fused.weights, strict=True):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(f), ops.convert_to_numpy(p), rtol=1e-5, atol=1e-6, err_msg=p.path
+        )
+
+
+def test_moving_statistics_follow_the_keras_rule():
+    shape, axis = (8, 4, 4, 3), -1
+    _, fused = _pair(shape, axis)
+    old_mean, old_variance = (ops.convert_to_numpy(v) for v in fused.weights[2:])
+    x = np.random.default_rng(3).normal(size=shape).astype("float32")
+    fused(x, training=True)
+    rows = x.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(fused.moving_mean), 0.9 * old_mean + 0.1 * rows.mean(0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(fused.moving_variance),
+        0.9 * old_variance + 0.1 * rows.var(0),  # biased, as Keras
+        rtol=1e-5,
+    )
+
+
+def test_masks_and_sync_statistics_take_the_keras_path():
+    shape = (6, 5)
+    plain, fused = _pair(shape, -1)
+    x = np.random.default_rng(4).normal(size=shape).astype("float32")
+    mask = np.array([1, 1, 0, 1, 0, 1], bool)
+    a = ops.convert_to_numpy(plain(x, training=True, mask=mask))
+    b = ops.convert_to_numpy(fused(x, training=True, mask=mask))
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    model = keras.Sequential([fused])
+    convert_sync_batchnorm(model)
+    assert not fused._fusable()
+
+
+def test_serialises():
+    layer = FusedBatchNormalization(axis=1, momentum=0.8, epsilon=1e-3, name="bn")
+    config = keras.saving.serialize_keras_object(layer)
+    restored = keras.saving.deserialize_keras_object(config)
+    assert isinstance(restored, FusedBatchNormalization)
+    assert restored.get_config() == layer.get_config()
