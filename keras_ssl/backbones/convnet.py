@@ -6,6 +6,7 @@ from keras_ssl.backbones.resnet import (
     _apply_pooling,
     _bn,
     _check_pooling,
+    _resolve_data_format,
     _strided_conv,
 )
 
@@ -29,6 +30,8 @@ class ConvNet(keras.Model):
         input_channels: number of image channels (1 for grayscale, 3 for RGB).
         pooling: ``"avg"`` (default) global average pooling, ``"max"`` global max
             pooling, or ``None`` to return the last feature map.
+        data_format: the layout the layers compute in (see
+            :class:`keras_ssl.backbones.ResNet`); ``None`` picks the backend's fast one.
         **kwargs: ``keras.Model`` arguments such as ``name`` or ``trainable``.
 
     Attributes:
@@ -45,7 +48,16 @@ class ConvNet(keras.Model):
     ```
     """
 
-    def __init__(self, widths=(32, 64, 128, 256), input_channels=3, pooling="avg", **kwargs):
+    def __init__(
+        self,
+        widths=(32, 64, 128, 256),
+        input_channels=3,
+        pooling="avg",
+        data_format=None,
+        **kwargs,
+    ):
+        requested_data_format = data_format
+        data_format = _resolve_data_format(data_format)
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
             raise ValueError(
@@ -56,18 +68,22 @@ class ConvNet(keras.Model):
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
         x = inputs
+        if data_format == "channels_first":
+            x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
         for i, filters in enumerate(widths):
             name = f"stage{i + 1}"
-            x = _strided_conv(x, filters, 3, 1 if i == 0 else 2, f"{name}_conv")
-            x = _bn(f"{name}_bn")(x)
+            x = _strided_conv(x, filters, 3, 1 if i == 0 else 2, f"{name}_conv", data_format)
+            x = _bn(f"{name}_bn", data_format)(x)
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
-        outputs = _apply_pooling(x, pooling)
+        outputs = _apply_pooling(x, pooling, data_format)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.widths = widths
         self.input_channels = input_channels
         self.pooling = pooling
+        self.data_format = data_format
+        self._requested_data_format = requested_data_format
         self.output_dim = widths[-1]
 
     def get_config(self):
@@ -77,6 +93,7 @@ class ConvNet(keras.Model):
             "widths": list(self.widths),
             "input_channels": self.input_channels,
             "pooling": self.pooling,
+            "data_format": self._requested_data_format,
         }
 
     @classmethod

@@ -1,4 +1,4 @@
-"""ResNet backbones (He et al., 2016), torchvision "v1.5" variant, channels_last.
+"""ResNet backbones (He et al., 2016), torchvision "v1.5" variant.
 
 Reference: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image
 Recognition", CVPR 2016 (https://arxiv.org/abs/1512.03385).
@@ -53,9 +53,11 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 
 import keras
 
+from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
+
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
-_DATA_FORMAT = "channels_last"
+_DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def _kernel_initializer():
@@ -65,7 +67,7 @@ def _kernel_initializer():
     )
 
 
-def _conv(filters, kernel_size, strides, name):
+def _conv(filters, kernel_size, strides, name, data_format):
     """Bias-free conv; stride-2 convs get explicit symmetric padding by the caller."""
     return keras.layers.Conv2D(
         filters,
@@ -73,15 +75,15 @@ def _conv(filters, kernel_size, strides, name):
         strides=strides,
         padding="same" if strides == 1 else "valid",
         use_bias=False,
-        data_format=_DATA_FORMAT,
+        data_format=data_format,
         kernel_initializer=_kernel_initializer(),
         name=name,
     )
 
 
-def _bn(name, zero_gamma=False):
-    return keras.layers.BatchNormalization(
-        axis=-1,
+def _bn(name, data_format, zero_gamma=False):
+    return FusedBatchNormalization(
+        axis=-1 if data_format == "channels_last" else 1,
         epsilon=_BN_EPSILON,
         momentum=_BN_MOMENTUM,
         gamma_initializer="zeros" if zero_gamma else "ones",
@@ -89,45 +91,49 @@ def _bn(name, zero_gamma=False):
     )
 
 
-def _strided_conv(x, filters, kernel_size, strides, name):
+def _strided_conv(x, filters, kernel_size, strides, name, data_format):
     """Torch-style conv: symmetric ``kernel_size // 2`` zero padding, then "valid" conv."""
     pad = kernel_size // 2
     if strides != 1 and pad > 0:
-        x = keras.layers.ZeroPadding2D(pad, data_format=_DATA_FORMAT, name=f"{name}_pad")(x)
-    return _conv(filters, kernel_size, strides, name)(x)
+        x = keras.layers.ZeroPadding2D(pad, data_format=data_format, name=f"{name}_pad")(x)
+    return _conv(filters, kernel_size, strides, name, data_format)(x)
 
 
-def _shortcut(x, filters, strides, prefix):
-    in_channels = x.shape[-1]
-    if strides == 1 and in_channels == filters:
+def _channels(x, data_format):
+    return x.shape[-1] if data_format == "channels_last" else x.shape[1]
+
+
+def _shortcut(x, filters, strides, prefix, data_format):
+    if strides == 1 and _channels(x, data_format) == filters:
         return x
     # 1x1 stride-s "valid" conv samples pixels 0, s, 2s, ... exactly like torch.
-    x = _conv(filters, 1, strides, f"{prefix}_downsample_0")(x)
-    return _bn(f"{prefix}_downsample_1")(x)
+    x = _conv(filters, 1, strides, f"{prefix}_downsample_0", data_format)(x)
+    return _bn(f"{prefix}_downsample_1", data_format)(x)
 
 
-def _basic_block(x, filters, strides, prefix, zero_init_residual):
-    shortcut = _shortcut(x, filters, strides, prefix)
-    y = _strided_conv(x, filters, 3, strides, f"{prefix}_conv1")
-    y = _bn(f"{prefix}_bn1")(y)
+def _basic_block(x, filters, strides, prefix, zero_init_residual, data_format):
+    shortcut = _shortcut(x, filters, strides, prefix, data_format)
+    y = _strided_conv(x, filters, 3, strides, f"{prefix}_conv1", data_format)
+    y = _bn(f"{prefix}_bn1", data_format)(y)
     y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
-    y = _conv(filters, 3, 1, f"{prefix}_conv2")(y)
-    y = _bn(f"{prefix}_bn2", zero_gamma=zero_init_residual)(y)
+    y = _conv(filters, 3, 1, f"{prefix}_conv2", data_format)(y)
+    y = _bn(f"{prefix}_bn2", data_format, zero_gamma=zero_init_residual)(y)
     y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{prefix}_out")(y)
 
 
-def _bottleneck_block(x, filters, strides, prefix, zero_init_residual):
+def _bottleneck_block(x, filters, strides, prefix, zero_init_residual, data_format):
     out_filters = filters * 4
-    shortcut = _shortcut(x, out_filters, strides, prefix)
-    y = _conv(filters, 1, 1, f"{prefix}_conv1")(x)
-    y = _bn(f"{prefix}_bn1")(y)
+    shortcut = _shortcut(x, out_filters, strides, prefix, data_format)
+    y = _conv(filters, 1, 1, f"{prefix}_conv1", data_format)(x)
+    y = _bn(f"{prefix}_bn1", data_format)(y)
     y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
-    y = _strided_conv(y, filters, 3, strides, f"{prefix}_conv2")  # v1.5: stride here
-    y = _bn(f"{prefix}_bn2")(y)
+    # v1.5: the stride sits on the 3x3 conv.
+    y = _strided_conv(y, filters, 3, strides, f"{prefix}_conv2", data_format)
+    y = _bn(f"{prefix}_bn2", data_format)(y)
     y = keras.layers.ReLU(name=f"{prefix}_relu2")(y)
-    y = _conv(out_filters, 1, 1, f"{prefix}_conv3")(y)
-    y = _bn(f"{prefix}_bn3", zero_gamma=zero_init_residual)(y)
+    y = _conv(out_filters, 1, 1, f"{prefix}_conv3", data_format)(y)
+    y = _bn(f"{prefix}_bn3", data_format, zero_gamma=zero_init_residual)(y)
     y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{prefix}_out")(y)
 
@@ -137,12 +143,27 @@ _STEMS = ("imagenet", "cifar")
 _POOLINGS = ("avg", "max", None)
 
 
-def _apply_pooling(x, pooling):
+def _apply_pooling(x, pooling, data_format):
     if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(data_format=_DATA_FORMAT, name="avg_pool")(x)
+        return keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
     if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(data_format=_DATA_FORMAT, name="max_pool")(x)
+        return keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+    if data_format == "channels_first":  # feature maps leave channels_last, as images enter
+        return keras.layers.Permute((2, 3, 1), name="to_channels_last")(x)
     return x
+
+
+def _resolve_data_format(data_format):
+    if data_format is None:
+        # PyTorch's convolutions and batch norm take (N, C, H, W): in that order the
+        # backbone runs without a transpose around every layer. The images' own
+        # channels-last memory is kept (a permuted view), which oneDNN prefers.
+        return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    if data_format not in _DATA_FORMATS:
+        raise ValueError(
+            f"`data_format` must be one of {_DATA_FORMATS} or None, got {data_format!r}."
+        )
+    return data_format
 
 
 def _check_pooling(pooling):
@@ -176,6 +197,11 @@ class ResNet(keras.Model):
         zero_init_residual: if True, the last BatchNorm of every residual branch
             starts with ``gamma = 0`` so each block starts as the identity
             (Goyal et al., 2017; torchvision's ``zero_init_residual``).
+        data_format: the layout the layers compute in, ``"channels_last"`` or
+            ``"channels_first"``; images enter and features leave channels_last
+            either way, and the weights are the same. ``None`` (default) picks the
+            backend's fast layout: channels_first on PyTorch (no transpose around
+            each convolution), channels_last on TensorFlow and JAX.
         **kwargs: ``keras.Model`` arguments such as ``name`` or ``trainable``.
 
     Attributes:
@@ -202,8 +228,11 @@ class ResNet(keras.Model):
         width=64,
         pooling="avg",
         zero_init_residual=False,
+        data_format=None,
         **kwargs,
     ):
+        requested_data_format = data_format
+        data_format = _resolve_data_format(data_format)
         if block_type not in _BLOCKS:
             raise ValueError(f"`block_type` must be one of {sorted(_BLOCKS)}, got {block_type!r}.")
         if stem not in _STEMS:
@@ -219,23 +248,27 @@ class ResNet(keras.Model):
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
+        x = inputs
+        if data_format == "channels_first":
+            x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
         if stem == "imagenet":
-            x = _strided_conv(inputs, width, 7, 2, "conv1")
+            x = _strided_conv(x, width, 7, 2, "conv1", data_format)
         else:
-            x = _conv(width, 3, 1, "conv1")(inputs)
-        x = _bn("bn1")(x)
+            x = _conv(width, 3, 1, "conv1", data_format)(x)
+        x = _bn("bn1", data_format)(x)
         x = keras.layers.ReLU(name="relu")(x)
         if stem == "imagenet":
-            x = keras.layers.ZeroPadding2D(1, data_format=_DATA_FORMAT, name="maxpool_pad")(x)
+            x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
             x = keras.layers.MaxPooling2D(
-                3, strides=2, padding="valid", data_format=_DATA_FORMAT, name="maxpool"
+                3, strides=2, padding="valid", data_format=data_format, name="maxpool"
             )(x)
         for stage, num_blocks in enumerate(stackwise_num_blocks):
             filters = width * 2**stage
             for block in range(num_blocks):
                 strides = 2 if (stage > 0 and block == 0) else 1
-                x = block_fn(x, filters, strides, f"layer{stage + 1}_{block}", zero_init_residual)
-        outputs = _apply_pooling(x, pooling)
+                prefix = f"layer{stage + 1}_{block}"
+                x = block_fn(x, filters, strides, prefix, zero_init_residual, data_format)
+        outputs = _apply_pooling(x, pooling, data_format)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -246,6 +279,8 @@ class ResNet(keras.Model):
         self.width = width
         self.pooling = pooling
         self.zero_init_residual = zero_init_residual
+        self.data_format = data_format
+        self._requested_data_format = requested_data_format
         self.output_dim = width * 2 ** (len(stackwise_num_blocks) - 1) * expansion
 
     def get_config(self):
@@ -259,6 +294,8 @@ class ResNet(keras.Model):
             "width": self.width,
             "pooling": self.pooling,
             "zero_init_residual": self.zero_init_residual,
+            # None (the default) resolves per backend again when the model is loaded.
+            "data_format": self._requested_data_format,
         }
 
     @classmethod

@@ -3,8 +3,13 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_ssl.backbones import ResNet, ResNet18, ResNet50
+
+# The layer-level tests below read feature maps in (N, H, W, C); the channels_first layout
+# is checked against this one in `test_data_formats_compute_the_same_function`.
+NHWC = {"data_format": "channels_last"}
 
 
 def _images(size, channels, batch=2):
@@ -119,8 +124,8 @@ def test_torchvision_layer_names():
 
 
 def test_stems_differ():
-    cifar = ResNet18(stem="cifar")
-    imagenet = ResNet18(stem="imagenet")
+    cifar = ResNet18(stem="cifar", **NHWC)
+    imagenet = ResNet18(stem="imagenet", **NHWC)
     cifar_stage1 = keras.Model(cifar.input, cifar.get_layer("layer1_1_out").output)
     imagenet_stage1 = keras.Model(imagenet.input, imagenet.get_layer("layer1_1_out").output)
     assert tuple(cifar_stage1(_images(32, 3)).shape) == (2, 32, 32, 64)
@@ -136,7 +141,7 @@ def test_stems_differ():
 
 
 def test_stem_conv_matches_symmetric_padding_reference():
-    model = ResNet18(input_channels=1)
+    model = ResNet18(input_channels=1, **NHWC)
     conv1 = keras.Model(model.input, model.get_layer("conv1").output)
     kernel = _np(model.get_layer("conv1").kernel)
     for size in (8, 9):  # even sizes are where Keras "same" would pad asymmetrically
@@ -146,7 +151,7 @@ def test_stem_conv_matches_symmetric_padding_reference():
 
 
 def test_block_strided_convs_match_symmetric_padding_reference():
-    model = ResNet18()
+    model = ResNet18(**NHWC)
     x = _images(8, 64)
     # 3x3 stride-2 conv of the first block of stage 2: padding (1, 1) on both sides.
     pad = model.get_layer("layer2_0_conv1_pad")
@@ -161,7 +166,7 @@ def test_block_strided_convs_match_symmetric_padding_reference():
 
 def test_symmetric_padding_on_crafted_input():
     """An impulse in the last row/column must be seen exactly like one in the first."""
-    model = ResNet18()
+    model = ResNet18(**NHWC)
     conv = model.get_layer("layer2_0_conv1")
     pad = model.get_layer("layer2_0_conv1_pad")
     conv.set_weights([np.ones((3, 3, 64, 128), "float32")])
@@ -177,7 +182,7 @@ def test_symmetric_padding_on_crafted_input():
 
 
 def test_maxpool_matches_torch_semantics_on_nonnegative_input():
-    model = ResNet18()
+    model = ResNet18(**NHWC)
     pad = model.get_layer("maxpool_pad")
     pool = model.get_layer("maxpool")
     x = np.random.uniform(0, 1, (2, 8, 8, 2)).astype("float32")  # post-ReLU input
@@ -212,3 +217,33 @@ def test_invalid_arguments():
     ]:
         with pytest.raises(ValueError):
             ResNet(**kwargs)
+
+
+@pytest.mark.parametrize("stem,pooling", [("imagenet", None), ("cifar", "avg")])
+def test_data_formats_compute_the_same_function(stem, pooling):
+    """The layout is internal: channels_first and channels_last give the same features
+    from the same weights, in training and inference mode, and both take and return
+    channels_last tensors."""
+    images = np.random.default_rng(0).random((8, 64, 64, 3)).astype("float32")
+    kwargs = dict(block_type="basic", stackwise_num_blocks=(1, 1), stem=stem, pooling=pooling)
+    last = ResNet(data_format="channels_last", **kwargs)
+    first = ResNet(data_format="channels_first", **kwargs)
+    first.set_weights(last.get_weights())
+    for training in (False, True):
+        a = ops.convert_to_numpy(last(images, training=training))
+        b = ops.convert_to_numpy(first(images, training=training))
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    for a, b in zip(last.weights, first.weights, strict=True):  # moving statistics too
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a), atol=1e-5)
+
+
+def test_data_format_default_follows_the_backend_and_is_saved_unresolved():
+    model = ResNet(block_type="basic", stackwise_num_blocks=(1,), stem="cifar")
+    fast = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    assert model.data_format == fast
+    assert model.get_config()["data_format"] is None
+    explicit = ResNet(stackwise_num_blocks=(1,), stem="cifar", data_format="channels_last")
+    assert ResNet.from_config(explicit.get_config()).data_format == "channels_last"
+    with pytest.raises(ValueError, match="data_format"):
+        ResNet(stackwise_num_blocks=(1,), data_format="nhwc")
