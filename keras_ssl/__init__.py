@@ -3,6 +3,13 @@
 One code base for the TensorFlow, JAX and PyTorch backends (`KERAS_BACKEND`).
 """
 
+import keras as _keras
+
+if _keras.backend.backend() == "jax":
+    from keras_ssl import _xla_cpu
+
+    _xla_cpu.configure()
+
 from keras_ssl import (
     augment,
     backbones,

@@ -1,0 +1,56 @@
+"""keras_ssl's XLA:CPU flag for JAX: added only where measured, never over the user's."""
+
+import keras
+import pytest
+
+from keras_ssl import _xla_cpu
+
+SETTING = f"{_xla_cpu.FLAG}={_xla_cpu.VALUE}"
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """A jaxlib version the flag was measured on, whose backends have not started."""
+    monkeypatch.setattr(_xla_cpu, "_jaxlib_version", lambda: _xla_cpu._MEASURED_JAXLIB[0])
+    monkeypatch.setattr(_xla_cpu, "_backends_started", lambda: False)
+
+
+def test_adds_the_flag_after_the_users_flags(measured):
+    environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert _xla_cpu.configure(environ)
+    assert environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {SETTING}"
+    empty = {}
+    assert _xla_cpu.configure(empty)
+    assert empty["XLA_FLAGS"] == SETTING
+
+
+def test_leaves_a_users_own_setting_and_the_opt_out(measured):
+    own = {"XLA_FLAGS": f"{_xla_cpu.FLAG}=individual_convolution"}
+    assert not _xla_cpu.configure(own)
+    assert own["XLA_FLAGS"] == f"{_xla_cpu.FLAG}=individual_convolution"
+    opted_out = {"KERAS_SSL_XLA_CPU_DEFAULTS": "0"}
+    assert not _xla_cpu.configure(opted_out)
+    assert "XLA_FLAGS" not in opted_out
+
+
+def test_unmeasured_jaxlib_or_started_backends_are_left_alone(monkeypatch):
+    monkeypatch.setattr(_xla_cpu, "_backends_started", lambda: False)
+    for version in [(0, 9), (0, 11), None]:  # an unknown flag would abort the process
+        monkeypatch.setattr(_xla_cpu, "_jaxlib_version", lambda v=version: v)
+        environ = {}
+        assert not _xla_cpu.configure(environ) and "XLA_FLAGS" not in environ
+    monkeypatch.setattr(_xla_cpu, "_jaxlib_version", lambda: _xla_cpu._MEASURED_JAXLIB[0])
+    monkeypatch.setattr(_xla_cpu, "_backends_started", lambda: True)
+    environ = {}
+    assert not _xla_cpu.configure(environ) and "XLA_FLAGS" not in environ
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the flag is set on JAX only")
+def test_import_sets_it_on_jax_when_measured():
+    import os
+
+    if _xla_cpu._jaxlib_version() not in _xla_cpu._MEASURED_JAXLIB:
+        pytest.skip("this jaxlib was not measured")
+    if os.environ.get("KERAS_SSL_XLA_CPU_DEFAULTS") == "0":
+        pytest.skip("opted out")
+    assert _xla_cpu.FLAG in os.environ.get("XLA_FLAGS", "")
