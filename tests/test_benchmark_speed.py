@@ -74,14 +74,17 @@ def test_quick_run_writes_table_and_json(tmp_path):
 
     table = (tmp_path / "speed.md").read_text()
     assert "| method | side | trainable params |" in table
-    assert f"| SimCLR, resnet10_cifar | {backend}" in table
+    assert f"| SimCLR, resnet10_cifar, batch 8 | {backend}" in table
     assert "5,226,944" in table
 
 
 def test_summary_ratios_medians_and_flops():
     tool = _load_tool()
 
-    def side(times_per_round, parameters):
+    def step_answers(times_per_round):
+        return [{"ok": True, "times": t, "minor_faults_per_step": 3} for t in times_per_round]
+
+    def side(times_per_round, parameters, lightly_rounds=()):
         return {
             "error": None,
             "info": {
@@ -91,18 +94,20 @@ def test_summary_ratios_medians_and_flops():
             },
             "exit": {"peak_rss_mb": 100.0},
             "rounds": {
-                "step": [
-                    {"ok": True, "times": t, "minor_faults_per_step": 3} for t in times_per_round
-                ],
+                "step": step_answers(times_per_round),
                 "fit": [{"ok": True, "seconds_per_step": 0.5}],
             },
+            "lightly_step": step_answers(lightly_rounds),
         }
 
     params = {"backbone": 10, "trainable": 12}
+    # lightly ran two turns: two rounds beside jax, then two beside torch (slower by then).
+    jax_turn, torch_turn = [[0.1, 0.1], [0.2, 0.2]], [[0.4, 0.4], [0.4, 0.4]]
     record = {
         "sides": {
-            "lightly": side([[0.1, 0.1], [0.2, 0.2]], params),
-            "jax": side([[0.2, 0.2], [0.2, 0.6]], params),
+            "lightly": side(jax_turn + torch_turn, params),
+            "jax": side([[0.2, 0.2], [0.2, 0.6]], params, jax_turn),
+            "torch": side([[0.4, 0.4], [0.2, 0.2]], params, torch_turn),
         }
     }
     summary = tool.summarise(record, batch=10)
@@ -111,8 +116,10 @@ def test_summary_ratios_medians_and_flops():
     assert jax["step"]["median_s"] == pytest.approx(0.2)
     assert jax["step"]["images_per_s"] == pytest.approx(50.0)
     assert jax["step"]["gflop_per_s"] == pytest.approx(20.0)
-    # Per-round ratios of the medians: 0.1 / 0.2 and 0.2 / 0.4.
+    # Per-round ratios of the medians, against lightly's rounds of the same turn only:
+    # 0.1 / 0.2 and 0.2 / 0.4 for jax; 0.4 / 0.4 and 0.4 / 0.2 for torch.
     assert jax["ratio_vs_lightly"]["rounds"] == pytest.approx([0.5, 0.5])
+    assert summary["sides"]["torch"]["ratio_vs_lightly"]["rounds"] == pytest.approx([1.0, 2.0])
     assert jax["fit"]["images_per_s"] == pytest.approx(20.0)
     assert jax["fit"]["vs_step"] == pytest.approx(0.4)
     assert "ratio_vs_lightly" not in summary["sides"]["lightly"]

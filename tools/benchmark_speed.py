@@ -17,10 +17,12 @@ lightly side runs in its own virtual environment, `tools/.speed-venv`, which
 `--setup-venv` creates). The sides of one method are timed in interleaved rounds (A, B,
 C, ... then again in rotated order) so that the machine's drift hits all of them alike;
 the table gives medians with the inter-quartile range, and the ratio keras_ssl /
-lightly in images per second as the median of the per-round ratios. FLOPs per image are
-counted once, with torch's `FlopCounterMode` on the lightly model's forward + backward,
-and used for both sides (achieved GFLOP/s). Both sides get the same cores (process
-affinity), the same thread counts and the same glibc allocator settings
+lightly in images per second as the median of the per-round ratios. The lightly worker
+stays up for a whole method while the Keras backends take turns beside it, one at a time
+(a DINO worker holds several GiB), each interleaved with lightly's rounds of its turn.
+FLOPs per image are counted once, with torch's `FlopCounterMode` on the lightly model's
+forward + backward, and used for both sides (achieved GFLOP/s). Both sides get the same
+cores (process affinity), the same thread counts and the same glibc allocator settings
 (`MALLOC_MMAP_MAX_=0 ...`, see `_speed_common.MALLOC_ENV`; `--no-malloc-tuning` drops
 them for both).
 
@@ -89,6 +91,9 @@ def _parser():
     p.add_argument("--local-size", type=int, default=None, help="DINO local crop side (16)")
     p.add_argument("--local-crops", type=int, default=None, help="DINO local crops (6)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (256)")
+    p.add_argument(
+        "--dino-batch-size", type=int, default=None, help="images per DINO step (64; 8 crops each)"
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (3)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (2)")
@@ -127,6 +132,7 @@ def _resolve(args):
         local_size=8,
         local_crops=2,
         batch_size=8,
+        dino_batch_size=8,
         steps=1,
         rounds=2,
         warmup=0,
@@ -142,6 +148,7 @@ def _resolve(args):
         local_size=16,
         local_crops=6,
         batch_size=256,
+        dino_batch_size=64,
         steps=3,
         rounds=5,
         warmup=2,
@@ -202,7 +209,7 @@ def make_spec(args, entry):
         "image_size": args.image_size,
         "local_size": args.local_size,
         "local_crops": args.local_crops if method == "dino" else 0,
-        "batch_size": args.batch_size,
+        "batch_size": args.dino_batch_size if method == "dino" else args.batch_size,
         "heads": head_sizes(method, backbone, args.quick, args.dino_output_dim),
         # Same optimizers on both sides: SGD + momentum for the two-view methods (no weight
         # decay), AdamW with per-parameter clipping at 3.0 and DINO's cosine decay for DINO.
@@ -626,39 +633,57 @@ def start_worker(side, spec, args, log_dir):
 
 
 def run_entry(entry, args, sides, log_dir):
-    """Times one benchmark entry on every side, interleaved; returns its raw record."""
+    """Times one benchmark entry on every side; returns its raw record.
+
+    lightly's worker stays up for the whole entry; the Keras backends take turns beside it,
+    one worker at a time, and each turn interleaves the two in rotated rounds. Every Keras
+    side's answers are paired with lightly's of the same turn (`lightly_step`) for the
+    per-round ratios.
+    """
     spec = make_spec(args, entry)
     print(f"== {entry}: {spec['backbone']}, batch {spec['batch_size']}", flush=True)
-    # The lightly side first: its FLOP count is then known for the others' GFLOP/s.
-    order = [s for s in sides if s == LIGHTLY] + [s for s in sides if s != LIGHTLY]
-    workers = {}
     record = {"entry": entry, "spec": spec, "sides": {}}
+    others = [s for s in sides if s != LIGHTLY]
+    counts = {"step": args.steps, "augment": args.augment_batches, "fit": args.fit_steps}
+
+    def start(side):
+        # The lightly side first: its FLOP count is then known for the others' GFLOP/s.
+        worker = start_worker(side, spec, args, log_dir)
+        record["sides"][side] = {
+            "info": worker.info,
+            "error": worker.error,
+            "rounds": {phase: [] for phase in args.phases},
+            "lightly_step": [],
+        }
+        return worker
+
+    reference = start(LIGHTLY) if LIGHTLY in sides else None
     try:
-        for side in order:
-            workers[side] = start_worker(side, spec, args, log_dir)
-            record["sides"][side] = {
-                "info": workers[side].info,
-                "error": workers[side].error,
-                "rounds": {phase: [] for phase in args.phases},
-            }
-        live = [s for s in order if not workers[s].error]
-        for r in range(args.rounds):
-            rotated = live[r % len(live) :] + live[: r % len(live)] if live else []
-            for phase in args.phases:
-                count = {
-                    "step": args.steps,
-                    "augment": args.augment_batches,
-                    "fit": args.fit_steps,
-                }[phase]
-                for side in rotated:
-                    answer = workers[side].ask(phase, count)
-                    record["sides"][side]["rounds"][phase].append(answer)
-                    if not answer.get("ok"):
-                        print(f"  {side} {phase}: {answer.get('error')}", flush=True)
-            print(f"  round {r + 1}/{args.rounds} done", flush=True)
+        for turn in [[side] for side in others] or [[]]:
+            workers = {side: start(side) for side in turn}
+            if reference is not None:
+                workers[LIGHTLY] = reference
+            live = [s for s in (LIGHTLY, *turn) if s in workers and not workers[s].error]
+            try:
+                for r in range(args.rounds):
+                    rotated = live[r % len(live) :] + live[: r % len(live)] if live else []
+                    for phase in args.phases:
+                        for side in rotated:
+                            answer = workers[side].ask(phase, counts[phase])
+                            record["sides"][side]["rounds"][phase].append(answer)
+                            if side == LIGHTLY and phase == "step":
+                                for other in turn:
+                                    record["sides"][other]["lightly_step"].append(answer)
+                            if not answer.get("ok"):
+                                print(f"  {side} {phase}: {answer.get('error')}", flush=True)
+                    names = "+".join(live)
+                    print(f"  {names}: round {r + 1}/{args.rounds} done", flush=True)
+            finally:
+                for side in turn:
+                    record["sides"][side]["exit"] = workers[side].close()
     finally:
-        for side, worker in workers.items():
-            record["sides"][side]["exit"] = worker.close()
+        if reference is not None:
+            record["sides"][LIGHTLY]["exit"] = reference.close()
     return record
 
 
@@ -692,9 +717,7 @@ def summarise(record, batch):
     if lightly and not lightly["error"]:
         flops = lightly["info"].get("flops_per_step")
     summary = {}
-    reference_rounds = None
-    if lightly and not lightly["error"]:
-        reference_rounds = _phase_times(lightly["rounds"]["step"], "step")
+    reference = lightly is not None and not lightly["error"]
     for side, data in sides.items():
         row = {"error": data["error"]}
         summary[side] = row
@@ -728,7 +751,8 @@ def summarise(record, batch):
         row["minor_faults_per_step"] = statistics.median(faults) if faults else None
         if flops:
             row["step"]["gflop_per_s"] = flops / median / 1e9
-        if reference_rounds and side != LIGHTLY:
+        if reference and side != LIGHTLY:
+            reference_rounds = _phase_times(data.get("lightly_step", []), "step")
             ratios = [
                 statistics.median(ref) / statistics.median(own)
                 for own, ref in zip(step_rounds, reference_rounds, strict=False)
@@ -809,8 +833,10 @@ def markdown(report):
         f"available; load average {report['load_average_start']} at start, "
         f"{report['load_average_end']} at end (timings on a loaded machine are noise). "
         f"{s['threads']} thread(s) per side, precision {s['precision']}, batch "
-        f"{s['batch_size']}, {s['image_size']} px, {s['rounds']} interleaved rounds of "
-        f"{s['steps']} step(s); glibc malloc tuning {'on' if s['malloc_tuning'] else 'off'}.",
+        f"{s['batch_size']} (DINO {s['dino_batch_size']}, 2 global + {s['local_crops']} local "
+        f"crops each), {s['image_size']} px, {s['rounds']} interleaved rounds of "
+        f"{s['steps']} step(s) per Keras backend (each beside lightly in turn); glibc malloc "
+        f"tuning {'on' if s['malloc_tuning'] else 'off'}.",
         "",
         "Versions: "
         + "; ".join(
@@ -830,7 +856,8 @@ def markdown(report):
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in report["results"]:
-        title = f"{METHOD_TITLES[entry['entry']]}, {entry['spec']['backbone']}"
+        spec = entry["spec"]
+        title = f"{METHOD_TITLES[entry['entry']]}, {spec['backbone']}, batch {spec['batch_size']}"
         for side, row in entry["summary"]["sides"].items():
             if row.get("error"):
                 lines.append(f"| {title} | {side} | failed: {row['error'][:80]} |" + " |" * 8)
@@ -932,7 +959,7 @@ def main(argv=None):
     results = []
     for entry in args.methods:
         record = run_entry(entry, args, sides, log_dir)
-        record["summary"] = summarise(record, args.batch_size)
+        record["summary"] = summarise(record, record["spec"]["batch_size"])
         results.append(record)
         table = write_report(args, output, results, load_start, started)  # after every entry
     print(table)

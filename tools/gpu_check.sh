@@ -103,7 +103,7 @@ run() {  # run ENTRY ARGS...: one benchmark entry inside what is left of the bud
 # ResNet-50 at 224 px, the ImageNet recipes' sizes; one DINO on ViT-S/16 with multi-crop.
 run simclr,mocov2,byol --backbone resnet50 --image-size 224 --batch-size 128
 run dino_vit --vit vit_small --patch-size 16 --image-size 224 --local-size 96 \
-  --local-crops 4 --batch-size 64
+  --local-crops 4 --dino-batch-size 64
 
 {
   echo "# GPU speed check ($(head -n1 "$OUT_DIR/gpu.txt"))"
