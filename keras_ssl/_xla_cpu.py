@@ -11,10 +11,11 @@ It is added to `XLA_FLAGS` at `import keras_ssl` when all of these hold: the bac
 JAX, the jaxlib is a version this was measured on (an unknown XLA flag aborts the
 process), JAX has not started its backends yet (flags are read once), the user's
 `XLA_FLAGS` does not set the flag already, and `KERAS_SSL_XLA_CPU_DEFAULTS` is not
-`0`.
+`0`. Where JAX had already started on the CPU, a warning says how to get it.
 """
 
 import os
+import warnings
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "reduce"
@@ -45,7 +46,27 @@ def configure(environ=os.environ):
     if environ.get("KERAS_SSL_XLA_CPU_DEFAULTS", "1") == "0":
         return False
     flags = environ.get("XLA_FLAGS", "")
-    if FLAG in flags or _jaxlib_version() not in _MEASURED_JAXLIB or _backends_started():
+    if FLAG in flags or _jaxlib_version() not in _MEASURED_JAXLIB:
+        return False
+    if _backends_started():
+        if _default_backend() == "cpu":
+            warnings.warn(
+                "keras_ssl was imported after JAX started, so XLA:CPU keeps running every "
+                "convolution on one thread (about 2.4x slower training). Import keras_ssl "
+                "before any JAX computation (before keras.utils.set_random_seed, for one), or "
+                f"start Python with XLA_FLAGS={FLAG}={VALUE}. "
+                "KERAS_SSL_XLA_CPU_DEFAULTS=0 silences this.",
+                stacklevel=3,
+            )
         return False
     environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
     return True
+
+
+def _default_backend():
+    try:
+        import jax
+
+        return jax.default_backend()
+    except Exception:  # noqa: BLE001 - a warning must never break the import
+        return None

@@ -33,7 +33,7 @@ def test_leaves_a_users_own_setting_and_the_opt_out(measured):
     assert "XLA_FLAGS" not in opted_out
 
 
-def test_unmeasured_jaxlib_or_started_backends_are_left_alone(monkeypatch):
+def test_unmeasured_jaxlib_or_started_gpu_backends_are_left_alone(monkeypatch):
     monkeypatch.setattr(_xla_cpu, "_backends_started", lambda: False)
     for version in [(0, 9), (0, 11), None]:  # an unknown flag would abort the process
         monkeypatch.setattr(_xla_cpu, "_jaxlib_version", lambda v=version: v)
@@ -41,8 +41,19 @@ def test_unmeasured_jaxlib_or_started_backends_are_left_alone(monkeypatch):
         assert not _xla_cpu.configure(environ) and "XLA_FLAGS" not in environ
     monkeypatch.setattr(_xla_cpu, "_jaxlib_version", lambda: _xla_cpu._MEASURED_JAXLIB[0])
     monkeypatch.setattr(_xla_cpu, "_backends_started", lambda: True)
+    monkeypatch.setattr(_xla_cpu, "_default_backend", lambda: "gpu")
     environ = {}
     assert not _xla_cpu.configure(environ) and "XLA_FLAGS" not in environ
+
+
+def test_warns_when_imported_too_late_on_cpu(monkeypatch):
+    monkeypatch.setattr(_xla_cpu, "_jaxlib_version", lambda: _xla_cpu._MEASURED_JAXLIB[0])
+    monkeypatch.setattr(_xla_cpu, "_backends_started", lambda: True)
+    monkeypatch.setattr(_xla_cpu, "_default_backend", lambda: "cpu")
+    environ = {}
+    with pytest.warns(UserWarning, match="Import keras_ssl before any JAX computation"):
+        assert not _xla_cpu.configure(environ)
+    assert "XLA_FLAGS" not in environ
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the flag is set on JAX only")
