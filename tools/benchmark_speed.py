@@ -476,6 +476,10 @@ def run_keras_worker(spec):
     try:
         import keras
 
+        # First, before anything starts JAX's backends: keras_ssl sets its XLA:CPU flags at
+        # import, and XLA reads them once.
+        import keras_ssl  # noqa: F401
+
         backend = keras.backend.backend()
         device = keras_device(backend)
         if device != spec.get("device", "cpu"):
