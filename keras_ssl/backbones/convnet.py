@@ -6,6 +6,7 @@ from keras_ssl.backbones.resnet import (
     _apply_pooling,
     _bn,
     _check_pooling,
+    _enter_layout,
     _resolve_data_format,
     _strided_conv,
 )
@@ -67,9 +68,7 @@ class ConvNet(keras.Model):
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
-        x = inputs
-        if data_format == "channels_first":
-            x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
+        x = _enter_layout(inputs, data_format)
         for i, filters in enumerate(widths):
             name = f"stage{i + 1}"
             x = _strided_conv(x, filters, 3, 1 if i == 0 else 2, f"{name}_conv", data_format)

@@ -153,6 +153,13 @@ def _apply_pooling(x, pooling, data_format):
     return x
 
 
+def _enter_layout(images, data_format):
+    """The channels_last images as the layers' layout (a permuted view for channels_first)."""
+    if data_format == "channels_first":
+        return keras.layers.Permute((3, 1, 2), name="to_channels_first")(images)
+    return images
+
+
 def _resolve_data_format(data_format):
     if data_format is None:
         # PyTorch's convolutions and batch norm take (N, C, H, W): in that order the
@@ -248,9 +255,7 @@ class ResNet(keras.Model):
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
-        x = inputs
-        if data_format == "channels_first":
-            x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
+        x = _enter_layout(inputs, data_format)
         if stem == "imagenet":
             x = _strided_conv(x, width, 7, 2, "conv1", data_format)
         else:
