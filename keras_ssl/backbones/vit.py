@@ -437,15 +437,18 @@ class ViTAttention(keras.layers.Layer):
         head_dim = dim // self.num_heads
         batch = ops.shape(qkv)[0]
         qkv = ops.reshape(qkv, (batch, -1, 3, self.num_heads, head_dim))
+        if not return_attention:
+            # The backend's fused kernel where it has one (PyTorch's SDPA).
+            q, k, v = ops.unstack(qkv, axis=2)  # (N, T, heads, head_dim) each
+            out = ops.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+            return ops.reshape(out, (batch, -1, dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head_dim)
         q, k, v = qkv[0], qkv[1], qkv[2]
         logits = ops.matmul(q * (head_dim**-0.5), ops.transpose(k, (0, 1, 3, 2)))
         weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
         out = ops.matmul(weights, v)  # (N, heads, T, head_dim)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, dim))
-        if return_attention:
-            return out, weights
-        return out
+        return out, weights
 
     def compute_output_spec(self, qkv, return_attention=False):
         batch, length, width = qkv.shape

@@ -9,6 +9,7 @@ import pytest
 from keras_ssl import backbones
 from keras_ssl.backbones import ViT, ViTBase, ViTSmall, ViTTiny
 from keras_ssl.backbones.vit import (
+    ViTAttention,
     ViTPositionEmbedding,
     bicubic_matrix,
     bicubic_matrix_dynamic,
@@ -151,6 +152,30 @@ def test_vit_small_16_geometry():
         assert tuple(out["cls"].shape) == (1, 384)
         assert tuple(out["patches"].shape) == (1, grid, 384)
         assert np.all(np.isfinite(_np(out["cls"]))) and np.all(np.isfinite(_np(out["patches"])))
+
+
+def _reference_attention(qkv, heads):
+    """Multi-head attention from Vaswani et al. (2017), eq. 1, in float64 NumPy."""
+    n, t, width = qkv.shape
+    d = width // 3 // heads
+    q, k, v = np.moveaxis(qkv.astype("float64").reshape(n, t, 3, heads, d), 2, 0)
+    logits = np.einsum("nthd,nshd->nhts", q, k) / np.sqrt(d)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("nhts,nshd->nthd", weights, v).reshape(n, t, heads * d)
+    return out, weights
+
+
+def test_attention_matches_reference_in_both_paths():
+    # The plain call runs the backend's fused kernel (ops.dot_product_attention); the
+    # call that returns the weights computes them explicitly. Both against NumPy.
+    qkv = np.random.default_rng(0).normal(size=(3, 7, 3 * 2 * 8)).astype("float32") * 2.0
+    layer = ViTAttention(num_heads=2)
+    expected, expected_weights = _reference_attention(qkv, heads=2)
+    np.testing.assert_allclose(_np(layer(qkv)), expected, rtol=1e-5, atol=1e-5)
+    out, weights = layer(qkv, return_attention=True)
+    np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_np(weights), expected_weights, rtol=1e-5, atol=1e-6)
 
 
 def test_last_self_attention():
