@@ -118,7 +118,8 @@ class DINOHead(keras.layers.Layer):
         v = ops.convert_to_tensor(self.last_layer_v)
         g = ops.convert_to_tensor(self.last_layer_g)
         norm = ops.maximum(ops.norm(v, axis=0, keepdims=True), 1e-12)
-        return v / norm * ops.expand_dims(g, 0)
+        # One pass over V: its columns times the (1, output_dim) factors g / |V|.
+        return v * (ops.expand_dims(g, 0) / norm)
 
     def bottleneck(self, inputs, training=None, valid=None):
         """The L2-normalised `(..., bottleneck_dim)` float32 bottleneck features.

@@ -1,5 +1,7 @@
 """The DINO self-distillation loss and its teacher centring."""
 
+import functools
+
 from keras import ops
 
 
@@ -88,9 +90,16 @@ def dino_loss(
     student_log_probs = [
         ops.log_softmax(ops.cast(s, "float32") / student_temperature, axis=-1) for s in students
     ]
-    total = 0.0
-    for i, v in pairs:
-        total = total + ops.mean(-ops.sum(teacher_probs[i] * student_log_probs[v], axis=-1))
+    # The sum over pairs, grouped by student view: each view's cross-entropy is taken
+    # once, against the sum of the teacher distributions it is paired with.
+    targets, total = {}, 0.0
+    for v, log_probs in enumerate(student_log_probs):
+        paired = tuple(i for i in range(len(teacher_probs)) if i != v)
+        if not paired:
+            continue
+        if paired not in targets:
+            targets[paired] = functools.reduce(ops.add, [teacher_probs[i] for i in paired])
+        total = total + ops.mean(-ops.sum(targets[paired] * log_probs, axis=-1))
     return total / len(pairs)
 
 

@@ -44,6 +44,16 @@ def test_equals_reference(num_views, n, k, tau_s, tau_t):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_teachers,num_views", [(1, 3), (3, 3), (3, 6)])
+def test_equals_reference_for_other_teacher_counts(num_teachers, num_views):
+    rng = np.random.default_rng(num_teachers * 10 + num_views)
+    students, teachers = _views(rng, num_views, 3, 11), _views(rng, num_teachers, 3, 11)
+    center = rng.normal(size=(11,)).astype("float32")
+    got = float(dino_loss(students, teachers, center, 0.1, 0.04))
+    expected = _reference_dino(students, teachers, center, 0.1, 0.04)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_same_view_pairs_are_excluded():
     rng = np.random.default_rng(0)
     teachers = _views(rng, 2, 4, 8, scale=3.0)
