@@ -4,7 +4,8 @@ For SimCLR, MoCo-v2, BYOL and DINO (ResNet and ViT) this times, on every Keras b
 (A) and in lightly 1.6 + torch (B):
 
 - `step`: the train step on pre-made views (forward, loss, backward, optimizer, EMA
-  teacher / queue / centre), the number issue #7 compares;
+  teacher / queue / centre), the number issue #7 compares; DINO's in its steady state,
+  after the first epoch's freeze of the head's last layer (no side skips its update);
 - `augment`: augmentation throughput alone (keras_ssl's augmenter called eagerly on a
   batch; lightly's torchvision transform image by image, as its DataLoader does);
 - `fit`: the whole training loop with augmentation from uint8 images (`model.fit` on
@@ -322,7 +323,9 @@ class KerasWorker:
         elif method == "byol":
             model = keras_ssl.BYOL(backbone, augmenter, momentum=0.996, **heads)
         else:
-            model = keras_ssl.DINO(backbone, augmenter, **heads)
+            # The steady state: the last layer trains (it is frozen in DINO's first epoch
+            # only, where lightly's optimizer skips it and Keras's updates it with zeros).
+            model = keras_ssl.DINO(backbone, augmenter, freeze_last_layer_epochs=0, **heads)
         if method == "dino":
             optimizer = keras.optimizers.AdamW(lr, weight_decay=0.0, clipnorm=3.0)
         else:
