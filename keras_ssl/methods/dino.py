@@ -193,7 +193,7 @@ class DINO(ContrastiveTrainer):
             ops.stop_gradient(ops.copy(v.value)) for v, _ in self._scaled_variables()
         ]
         return [
-            ops.where(frozen, ops.cast(0.0, g.dtype), g) if g is not None and id(v) in last_layer else g
+            ops.where(frozen, 0.0, g) if g is not None and id(v) in last_layer else g
             for g, v in zip(gradients, self.trainable_variables, strict=True)
         ]
 
