@@ -54,6 +54,7 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 import keras
 
 from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
+from keras_ssl.layers.small_map_conv import SmallMapConv2D
 
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
@@ -69,7 +70,7 @@ def _kernel_initializer():
 
 def _conv(filters, kernel_size, strides, name, data_format):
     """Bias-free conv; stride-2 convs get explicit symmetric padding by the caller."""
-    return keras.layers.Conv2D(
+    return SmallMapConv2D(
         filters,
         kernel_size,
         strides=strides,

@@ -1,0 +1,81 @@
+"""`Conv2D` that computes convolutions on tiny feature maps as one matmul on XLA:CPU."""
+
+import keras
+from keras import ops
+
+# Largest map (H * W pixels) that is convolved as patches @ kernel on XLA:CPU.
+_MAX_PIXELS = 4
+
+
+def conv2d_as_matmul(x, kernel):
+    """Stride-1 "same" 2D convolution as im2col and one matmul, channels_last.
+
+    With the input zero-padded by `k // 2` on every side, each output pixel
+    `y[n, i, j] = sum_{a, b, c} x_pad[n, i + a, j + b, c] * kernel[a, b, c]`: the
+    `k * k` shifted copies of the map are concatenated on the channel axis
+    (tap-major, the order of `kernel.reshape(k * k * C, O)`) and multiplied by the
+    reshaped kernel. Same result as `keras.ops.conv(x, kernel, padding="same")`.
+
+    Args:
+        x: `(N, H, W, C)` images or features.
+        kernel: `(k, k, C, O)` with `k` odd.
+
+    Returns:
+        `(N, H, W, O)`.
+    """
+    kh, kw, channels, filters = kernel.shape
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"conv2d_as_matmul needs an odd kernel size, got {(kh, kw)}.")
+    height, width = x.shape[1], x.shape[2]
+    padded = ops.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    taps = [padded[:, a : a + height, b : b + width, :] for a in range(kh) for b in range(kw)]
+    patches = ops.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+    return ops.matmul(patches, ops.reshape(kernel, (kh * kw * channels, filters)))
+
+
+def _xla_cpu():
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SmallMapConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (same weights, config and results) that, on JAX's CPU
+    backend, convolves maps of at most 4 pixels with `conv2d_as_matmul`.
+
+    XLA:CPU (jaxlib 0.10) swaps the operands of a 3x3 convolution on a 2x2 map and runs
+    it at ~2 GFLOP/s; DINO's 16 px local crops reach a ResNet's last stage at that size.
+    As a matmul over the 9 shifted copies of the map the same convolution runs at the
+    speed of a dense layer. Other backends, devices, sizes, strides and paddings take
+    Keras's own path.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = SmallMapConv2D(8, 3, padding="same")
+    >>> layer(np.ones((2, 2, 2, 4), "float32")).shape
+    (2, 2, 2, 8)
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self._as_matmul(inputs):
+            return conv2d_as_matmul(inputs, kernel)
+        return super().convolution_op(inputs, kernel)
+
+    def _as_matmul(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        return (
+            self.data_format == "channels_last"
+            and self.padding == "same"
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and all(k % 2 == 1 for k in self.kernel_size)
+            and height is not None
+            and width is not None
+            and height * width <= _MAX_PIXELS
+            and _xla_cpu()
+        )

@@ -1,0 +1,106 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_ssl.layers import small_map_conv
+from keras_ssl.layers.small_map_conv import SmallMapConv2D, conv2d_as_matmul
+
+# (N, H, W, C), kernel size, filters
+CASES = [((3, 2, 2, 4), 3, 5), ((2, 1, 1, 3), 3, 2), ((2, 3, 5, 2), 3, 4), ((2, 4, 3, 2), 5, 3)]
+
+
+def _reference(x, kernel, dy):
+    """Stride-1 zero-padded "same" convolution, its input and kernel gradients for the
+    upstream gradient `dy`, from the definition, in float64 NumPy."""
+    x, kernel, dy = (a.astype(np.float64) for a in (x, kernel, dy))
+    k = kernel.shape[0]
+    pad = k // 2
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    y = np.zeros((n, h, w, kernel.shape[-1]))
+    d_padded = np.zeros_like(padded)
+    d_kernel = np.zeros_like(kernel)
+    for a in range(k):
+        for b in range(k):
+            window = padded[:, a : a + h, b : b + w, :]
+            y += np.einsum("nhwc,co->nhwo", window, kernel[a, b])
+            d_kernel[a, b] = np.einsum("nhwc,nhwo->co", window, dy)
+            d_padded[:, a : a + h, b : b + w, :] += np.einsum("nhwo,co->nhwc", dy, kernel[a, b])
+    return y, d_padded[:, pad : pad + h, pad : pad + w, :], d_kernel
+
+
+def _value_and_gradients(x, kernel, dy):
+    backend = keras.backend.backend()
+
+    def loss(x, kernel):
+        return ops.sum(conv2d_as_matmul(x, kernel) * ops.convert_to_tensor(dy))
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.constant(a) for a in (x, kernel)]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            value = loss(*xs)
+        grads = tape.gradient(value, xs)
+    elif backend == "jax":
+        import jax
+
+        grads = jax.grad(loss, argnums=(0, 1))(x, kernel)
+    else:
+        import torch
+
+        xs = [torch.tensor(a, requires_grad=True) for a in (x, kernel)]
+        loss(*xs).backward()
+        grads = [a.grad for a in xs]
+    outputs = [conv2d_as_matmul(x, kernel), *grads]
+    return [np.asarray(ops.convert_to_numpy(a), dtype=np.float64) for a in outputs]
+
+
+@pytest.mark.parametrize("shape,size,filters", CASES)
+def test_matches_numpy_convolution_and_gradients(shape, size, filters):
+    rng = np.random.default_rng(sum(shape) + size)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(size, size, shape[-1], filters)).astype("float32")
+    dy = rng.normal(size=(*shape[:3], filters)).astype("float32")
+    got = _value_and_gradients(x, kernel, dy)
+    for g, expected in zip(got, _reference(x, kernel, dy), strict=True):
+        np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_even_kernel_is_rejected():
+    with pytest.raises(ValueError, match="odd kernel"):
+        conv2d_as_matmul(np.zeros((1, 2, 2, 1), "float32"), np.zeros((2, 2, 1, 1), "float32"))
+
+
+def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(monkeypatch):
+    calls = []
+    original = small_map_conv.conv2d_as_matmul
+
+    def spy(x, kernel):
+        calls.append(tuple(x.shape))
+        return original(x, kernel)
+
+    monkeypatch.setattr(small_map_conv, "conv2d_as_matmul", spy)
+    rng = np.random.default_rng(0)
+    small, large = (rng.normal(size=(2, s, s, 3)).astype("float32") for s in (2, 4))
+    ours = SmallMapConv2D(4, 3, padding="same", use_bias=True, bias_initializer="random_normal")
+    theirs = keras.layers.Conv2D(4, 3, padding="same", use_bias=True)
+    ours.build(small.shape)
+    theirs.build(small.shape)
+    theirs.set_weights(ours.get_weights())
+    for x in (small, large):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5
+        )
+    on_xla_cpu = keras.backend.backend() == "jax" and small_map_conv._xla_cpu()
+    assert calls == ([(2, 2, 2, 3)] if on_xla_cpu else [])
+
+
+def test_config_round_trip():
+    layer = SmallMapConv2D(4, 3, padding="same", name="c")
+    clone = SmallMapConv2D.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(restored, SmallMapConv2D)
