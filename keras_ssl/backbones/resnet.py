@@ -165,7 +165,8 @@ def _resolve_data_format(data_format):
     if data_format is None:
         # PyTorch's convolutions and batch norm take (N, C, H, W): in that order the
         # backbone runs without a transpose around every layer. The images' own
-        # channels-last memory is kept (a permuted view), which oneDNN prefers.
+        # channels-last memory is kept (a permuted view), which oneDNN prefers
+        # on large maps (small ones: SmallMapConv2D).
         return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
     if data_format not in _DATA_FORMATS:
         raise ValueError(

@@ -1,10 +1,12 @@
-"""`Conv2D` that computes convolutions on tiny feature maps as one matmul on XLA:CPU."""
+"""`Conv2D` that takes the backend's fastest path on small feature maps (CPU)."""
 
 import keras
 from keras import ops
 
 # Largest map (H * W pixels) that is convolved as patches @ kernel on XLA:CPU.
-_MAX_PIXELS = 4
+_MAX_MATMUL_PIXELS = 4
+# Largest map that PyTorch on the CPU convolves from contiguous (N, C, H, W) memory.
+_MAX_CONTIGUOUS_PIXELS = 16
 
 
 def conv2d_as_matmul(x, kernel):
@@ -43,14 +45,19 @@ def _xla_cpu():
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class SmallMapConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` (same weights, config and results) that, on JAX's CPU
-    backend, convolves maps of at most 4 pixels with `conv2d_as_matmul`.
+    """`keras.layers.Conv2D` (same weights, config and results) with faster paths for
+    the small maps of a ResNet's last stages on the CPU.
 
-    XLA:CPU (jaxlib 0.10) swaps the operands of a 3x3 convolution on a 2x2 map and runs
-    it at ~2 GFLOP/s; DINO's 16 px local crops reach a ResNet's last stage at that size.
-    As a matmul over the 9 shifted copies of the map the same convolution runs at the
-    speed of a dense layer. Other backends, devices, sizes, strides and paddings take
-    Keras's own path.
+    - JAX's CPU backend: XLA:CPU (jaxlib 0.10) swaps the operands of a 3x3 convolution
+      on a 2x2 map and runs it at ~2 GFLOP/s (DINO's 16 px local crops reach a ResNet's
+      last stage at that size). Maps of at most 4 pixels are convolved with
+      `conv2d_as_matmul` instead, at the speed of a dense layer.
+    - PyTorch on the CPU, channels_first: a ResNet's activations keep the images'
+      channels-last memory (faster in oneDNN on large maps), but on maps of at most 16
+      pixels oneDNN's (N, C, H, W) kernels are faster; the input is made contiguous
+      in that order there.
+
+    Other backends, devices, sizes, strides and paddings take Keras's own path.
 
     Example:
 
@@ -63,19 +70,34 @@ class SmallMapConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if self._as_matmul(inputs):
             return conv2d_as_matmul(inputs, kernel)
+        if self._as_contiguous_nchw(inputs):
+            inputs = inputs.contiguous()
         return super().convolution_op(inputs, kernel)
+
+    def _same_stride_1(self):
+        return (
+            self.padding == "same"
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and all(k % 2 == 1 for k in self.kernel_size)
+        )
 
     def _as_matmul(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
         return (
             self.data_format == "channels_last"
-            and self.padding == "same"
-            and tuple(self.strides) == (1, 1)
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.groups == 1
-            and all(k % 2 == 1 for k in self.kernel_size)
+            and self._same_stride_1()
             and height is not None
             and width is not None
-            and height * width <= _MAX_PIXELS
+            and height * width <= _MAX_MATMUL_PIXELS
             and _xla_cpu()
+        )
+
+    def _as_contiguous_nchw(self, inputs):
+        return (
+            keras.backend.backend() == "torch"
+            and self.data_format == "channels_first"
+            and inputs.device.type == "cpu"
+            and inputs.shape[2] * inputs.shape[3] <= _MAX_CONTIGUOUS_PIXELS
         )

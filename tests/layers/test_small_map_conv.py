@@ -104,3 +104,35 @@ def test_config_round_trip():
     assert clone.get_config() == layer.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert isinstance(restored, SmallMapConv2D)
+
+
+def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch(monkeypatch):
+    seen = []
+    original = keras.layers.Conv2D.convolution_op
+
+    def spy(self, inputs, kernel):
+        if keras.backend.backend() == "torch":
+            seen.append((tuple(inputs.shape), inputs.is_contiguous()))
+        return original(self, inputs, kernel)
+
+    monkeypatch.setattr(keras.layers.Conv2D, "convolution_op", spy)
+    rng = np.random.default_rng(1)
+    layer = SmallMapConv2D(4, 3, padding="same", data_format="channels_first")
+    reference = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first")
+    for size in (4, 8):
+        # A channels-last image seen as (N, C, H, W), as the ResNet runs on torch.
+        x = ops.transpose(ops.convert_to_tensor(rng.normal(size=(2, size, size, 3))), (0, 3, 1, 2))
+        x = ops.cast(x, "float32")
+        if not reference.built:
+            layer.build(x.shape)
+            reference.build(x.shape)
+            reference.set_weights(layer.get_weights())
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(reference(x)), rtol=1e-5, atol=1e-5
+        )
+    if keras.backend.backend() == "torch":
+        # Only the 4x4 map (16 pixels) is made contiguous; the 8x8 keeps its memory.
+        assert seen[::2] == [
+            ((2, 3, 4, 4), True),
+            ((2, 3, 8, 8), False),
+        ]
