@@ -53,8 +53,8 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 
 import keras
 
+from keras_ssl.layers import small_map_conv
 from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
-from keras_ssl.layers.small_map_conv import SmallMapConv2D
 
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
@@ -70,7 +70,7 @@ def _kernel_initializer():
 
 def _conv(filters, kernel_size, strides, name, data_format):
     """Bias-free conv; stride-2 convs get explicit symmetric padding by the caller."""
-    return SmallMapConv2D(
+    return small_map_conv.Conv2D(
         filters,
         kernel_size,
         strides=strides,
@@ -166,7 +166,7 @@ def _resolve_data_format(data_format):
         # PyTorch's convolutions and batch norm take (N, C, H, W): in that order the
         # backbone runs without a transpose around every layer. The images' own
         # channels-last memory is kept (a permuted view), which oneDNN prefers
-        # on large maps (small ones: SmallMapConv2D).
+        # on large maps (small ones: small_map_conv.Conv2D).
         return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
     if data_format not in _DATA_FORMATS:
         raise ValueError(

@@ -44,26 +44,29 @@ def _xla_cpu():
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class SmallMapConv2D(keras.layers.Conv2D):
+class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and results) with faster paths for
-    the small maps of a ResNet's last stages on the CPU.
+    the small maps of a ResNet's last stages on the CPU. It keeps Keras's class name so
+    that weight files key it as Keras keys its own `Conv2D` (`conv2d`, `conv2d_1`, ...):
+    files written with either load into the other.
 
-    - JAX's CPU backend: XLA:CPU (jaxlib 0.10) swaps the operands of a 3x3 convolution
-      on a 2x2 map and runs it at ~2 GFLOP/s (DINO's 16 px local crops reach a ResNet's
-      last stage at that size). Maps of at most 4 pixels are convolved with
-      `conv2d_as_matmul` instead, at the speed of a dense layer.
-    - PyTorch on the CPU, channels_first: a ResNet's activations keep the images'
-      channels-last memory (faster in oneDNN on large maps), but on maps of at most 16
-      pixels oneDNN's (N, C, H, W) kernels are faster; the input is made contiguous
-      in that order there.
+    - JAX's CPU backend, stride-1 "same" convolutions with odd kernels: XLA:CPU
+      (jaxlib 0.10) swaps the operands of a 3x3 convolution on a 2x2 map and runs it
+      at ~2 GFLOP/s (DINO's 16 px local crops reach a ResNet's last stage at that
+      size). Maps of at most 4 pixels are convolved with `conv2d_as_matmul` instead,
+      at the speed of a dense layer.
+    - PyTorch on the CPU, channels_first, any convolution: a ResNet's activations keep
+      the images' channels-last memory (faster in oneDNN on large maps), but on maps
+      of at most 16 pixels oneDNN's (N, C, H, W) kernels are faster; the input is
+      made contiguous in that order there.
 
-    Other backends, devices, sizes, strides and paddings take Keras's own path.
+    Everything else (other backends and devices, larger maps) takes Keras's own path.
 
     Example:
 
     >>> import numpy as np
-    >>> layer = SmallMapConv2D(8, 3, padding="same")
-    >>> layer(np.ones((2, 2, 2, 4), "float32")).shape
+    >>> layer = Conv2D(8, 3, padding="same")
+    >>> tuple(layer(np.ones((2, 2, 2, 4), "float32")).shape)
     (2, 2, 2, 8)
     """
 

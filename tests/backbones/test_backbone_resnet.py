@@ -247,3 +247,22 @@ def test_data_format_default_follows_the_backend_and_is_saved_unresolved():
     assert ResNet.from_config(explicit.get_config()).data_format == "channels_last"
     with pytest.raises(ValueError, match="data_format"):
         ResNet(stackwise_num_blocks=(1,), data_format="nhwc")
+
+
+def test_weights_files_of_plain_keras_convolutions_load(tmp_path, monkeypatch):
+    # Weight files key layers by class name: the ResNet's convolutions (small_map_conv.Conv2D)
+    # must keep Keras's `conv2d` keys so that files written with keras.layers.Conv2D load.
+    from keras_ssl.backbones import resnet
+
+    kwargs = dict(stackwise_num_blocks=(1, 1), stem="cifar")
+    with monkeypatch.context() as patch:
+        patch.setattr(resnet.small_map_conv, "Conv2D", keras.layers.Conv2D)
+        plain = ResNet(**kwargs)
+    assert {type(layer) for layer in plain.layers} >= {keras.layers.Conv2D}
+    path = str(tmp_path / "plain.weights.h5")
+    plain.save_weights(path)
+    model = ResNet(**kwargs)
+    assert not any(type(layer) is keras.layers.Conv2D for layer in model.layers)
+    model.load_weights(path)
+    images = _images(8, 3)
+    np.testing.assert_allclose(_np(model(images)), _np(plain(images)), rtol=1e-5, atol=1e-5)

@@ -4,7 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.layers import small_map_conv
-from keras_ssl.layers.small_map_conv import SmallMapConv2D, conv2d_as_matmul
+from keras_ssl.layers.small_map_conv import Conv2D, conv2d_as_matmul
 
 # (N, H, W, C), kernel size, filters
 CASES = [((3, 2, 2, 4), 3, 5), ((2, 1, 1, 3), 3, 2), ((2, 3, 5, 2), 3, 4), ((2, 4, 3, 2), 5, 3)]
@@ -85,7 +85,7 @@ def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(mon
     monkeypatch.setattr(small_map_conv, "conv2d_as_matmul", spy)
     rng = np.random.default_rng(0)
     small, large = (rng.normal(size=(2, s, s, 3)).astype("float32") for s in (2, 4))
-    ours = SmallMapConv2D(4, 3, padding="same", use_bias=True, bias_initializer="random_normal")
+    ours = Conv2D(4, 3, padding="same", use_bias=True, bias_initializer="random_normal")
     theirs = keras.layers.Conv2D(4, 3, padding="same", use_bias=True)
     ours.build(small.shape)
     theirs.build(small.shape)
@@ -99,11 +99,11 @@ def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(mon
 
 
 def test_config_round_trip():
-    layer = SmallMapConv2D(4, 3, padding="same", name="c")
-    clone = SmallMapConv2D.from_config(layer.get_config())
+    layer = Conv2D(4, 3, padding="same", name="c")
+    clone = Conv2D.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, SmallMapConv2D)
+    assert isinstance(restored, Conv2D)
 
 
 def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch(monkeypatch):
@@ -117,7 +117,7 @@ def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch
 
     monkeypatch.setattr(keras.layers.Conv2D, "convolution_op", spy)
     rng = np.random.default_rng(1)
-    layer = SmallMapConv2D(4, 3, padding="same", data_format="channels_first")
+    layer = Conv2D(4, 3, padding="same", data_format="channels_first")
     reference = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first")
     for size in (4, 8):
         # A channels-last image seen as (N, C, H, W), as the ResNet runs on torch.
