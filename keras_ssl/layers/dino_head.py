@@ -96,6 +96,7 @@ class DINOHead(keras.layers.Layer):
             ),
             name="last_layer_v",
             dtype="float32",
+            autocast=False,  # the weight norm in float32 under mixed precision too
         )
         self.last_layer_g = self.add_weight(
             shape=(self.output_dim,),
@@ -103,6 +104,7 @@ class DINOHead(keras.layers.Layer):
             trainable=not self.norm_last_layer,
             name="last_layer_g",
             dtype="float32",
+            autocast=False,
         )
 
     @property

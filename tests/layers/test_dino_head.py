@@ -152,3 +152,19 @@ def test_batch_norm_statistics_skip_masked_out_rows():
     for ours, theirs in pairs:
         ours, theirs = ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs)
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_weight_norm_in_float32_under_mixed_precision(monkeypatch):
+    kernels = []
+    original = DINOHead.last_layer_kernel
+
+    def spy(self):
+        kernel = original(self)
+        kernels.append(keras.backend.standardize_dtype(kernel.dtype))
+        return kernel
+
+    monkeypatch.setattr(DINOHead, "last_layer_kernel", spy)
+    head = _small_head(dtype="mixed_bfloat16")
+    out = head(_inputs())
+    assert kernels == ["float32"]
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
