@@ -166,14 +166,24 @@ def _reference_attention(qkv, heads):
     return out, weights
 
 
-def test_attention_matches_reference_in_both_paths():
+def test_attention_matches_reference_in_both_paths(monkeypatch):
     # The plain call runs the backend's fused kernel (ops.dot_product_attention); the
     # call that returns the weights computes them explicitly. Both against NumPy.
+    fused = []
+    original = keras.ops.dot_product_attention
+
+    def spy(*args, **kwargs):
+        fused.append(True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
     qkv = np.random.default_rng(0).normal(size=(3, 7, 3 * 2 * 8)).astype("float32") * 2.0
     layer = ViTAttention(num_heads=2)
     expected, expected_weights = _reference_attention(qkv, heads=2)
     np.testing.assert_allclose(_np(layer(qkv)), expected, rtol=1e-5, atol=1e-5)
+    assert fused == [True]
     out, weights = layer(qkv, return_attention=True)
+    assert fused == [True]
     np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_np(weights), expected_weights, rtol=1e-5, atol=1e-6)
 
