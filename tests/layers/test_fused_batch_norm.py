@@ -8,6 +8,7 @@ from keras_ssl.layers.fused_batch_norm import (
     FusedBatchNormalization,
     normalize_with_batch_statistics,
 )
+from tests._support.gradients import gradients
 
 EPSILON = 1e-5
 
@@ -42,33 +43,15 @@ def _reference(x, gamma, beta, axis, dy):
 
 def _value_and_gradients(x, gamma, beta, axis, dy):
     """y, mean, variance of the op and the gradients of sum(y * dy) w.r.t. x, gamma, beta."""
-    backend = keras.backend.backend()
 
     def loss(x, gamma, beta):
         y, _, _ = normalize_with_batch_statistics(x, gamma, beta, axis, EPSILON)
         return ops.sum(y * ops.convert_to_tensor(dy))
 
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        xs = [tf.constant(a) for a in (x, gamma, beta)]
-        with tf.GradientTape() as tape:
-            tape.watch(xs)
-            value = loss(*xs)
-        grads = tape.gradient(value, xs)
-    elif backend == "jax":
-        import jax
-
-        grads = jax.grad(loss, argnums=(0, 1, 2))(x, gamma, beta)
-    else:
-        import torch
-
-        xs = [torch.tensor(a, requires_grad=True) for a in (x, gamma, beta)]
-        loss(*xs).backward()
-        grads = [a.grad for a in xs]
+    grads = gradients(loss, x, gamma, beta)
     y, mean, variance = normalize_with_batch_statistics(x, gamma, beta, axis, EPSILON)
-    outputs = [y, mean, variance, *grads]
-    return [np.asarray(ops.convert_to_numpy(a), dtype=np.float64) for a in outputs]
+    values = [np.asarray(ops.convert_to_numpy(a), dtype=np.float64) for a in (y, mean, variance)]
+    return [*values, *grads]
 
 
 @pytest.mark.parametrize("shape,axis", CASES)

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ssl.layers import small_map_conv
 from keras_ssl.layers.small_map_conv import Conv2D, conv2d_as_matmul
+from tests._support.gradients import gradients
 
 # (N, H, W, C), kernel size, filters
 CASES = [((3, 2, 2, 4), 3, 5), ((2, 1, 1, 3), 3, 2), ((2, 3, 5, 2), 3, 4), ((2, 4, 3, 2), 5, 3)]
@@ -31,31 +32,11 @@ def _reference(x, kernel, dy):
 
 
 def _value_and_gradients(x, kernel, dy):
-    backend = keras.backend.backend()
-
     def loss(x, kernel):
         return ops.sum(conv2d_as_matmul(x, kernel) * ops.convert_to_tensor(dy))
 
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        xs = [tf.constant(a) for a in (x, kernel)]
-        with tf.GradientTape() as tape:
-            tape.watch(xs)
-            value = loss(*xs)
-        grads = tape.gradient(value, xs)
-    elif backend == "jax":
-        import jax
-
-        grads = jax.grad(loss, argnums=(0, 1))(x, kernel)
-    else:
-        import torch
-
-        xs = [torch.tensor(a, requires_grad=True) for a in (x, kernel)]
-        loss(*xs).backward()
-        grads = [a.grad for a in xs]
-    outputs = [conv2d_as_matmul(x, kernel), *grads]
-    return [np.asarray(ops.convert_to_numpy(a), dtype=np.float64) for a in outputs]
+    value = np.asarray(ops.convert_to_numpy(conv2d_as_matmul(x, kernel)), dtype=np.float64)
+    return [value, *gradients(loss, x, kernel)]
 
 
 @pytest.mark.parametrize("shape,size,filters", CASES)

@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.ops import koleo_loss
+from tests._support.gradients import gradients
 
 
 def _reference_koleo(x, eps=1e-8):
@@ -14,27 +15,6 @@ def _reference_koleo(x, eps=1e-8):
         min(np.linalg.norm(x[i] - x[j]) for j in range(len(x)) if j != i) for i in range(len(x))
     ]
     return -np.mean(np.log(np.asarray(distances) + eps))
-
-
-def _gradient(fn, x):
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return tape.gradient(y, x).numpy()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(x))
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    fn(x).backward()
-    return x.grad.numpy()
 
 
 @pytest.mark.parametrize("n,d", [(2, 3), (16, 8)])
@@ -57,7 +37,7 @@ def test_duplicates_are_finite_with_finite_gradient():
     loss = float(koleo_loss(x))
     assert np.isfinite(loss)
     np.testing.assert_allclose(loss, _reference_koleo(x), rtol=1e-4)
-    assert np.all(np.isfinite(_gradient(koleo_loss, x)))
+    assert np.all(np.isfinite(gradients(koleo_loss, x)[0]))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
