@@ -53,8 +53,7 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 
 import keras
 
-from keras_ssl.layers import small_map_conv
-from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
+from keras_ssl.layers import fused_batch_norm, small_map_conv
 
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
@@ -83,7 +82,7 @@ def _conv(filters, kernel_size, strides, name, data_format):
 
 
 def _bn(name, data_format, zero_gamma=False):
-    return FusedBatchNormalization(
+    return fused_batch_norm.BatchNormalization(
         axis=-1 if data_format == "channels_last" else 1,
         epsilon=_BN_EPSILON,
         momentum=_BN_MOMENTUM,

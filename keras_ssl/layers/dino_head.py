@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
+from keras_ssl.layers import fused_batch_norm
 from keras_ssl.ops.normalize import l2_normalize
 
 
@@ -79,7 +79,9 @@ class DINOHead(keras.layers.Layer):
             if not last:
                 if use_bn:
                     self.mlp.append(
-                        FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn_{i}")
+                        fused_batch_norm.BatchNormalization(
+                            momentum=0.9, epsilon=1e-5, name=f"bn_{i}"
+                        )
                     )
                 self.mlp.append(keras.layers.Activation(_exact_gelu, name=f"gelu_{i}"))
 

@@ -1,5 +1,7 @@
 """`BatchNormalization` whose training step is one fused kernel where the backend has one."""
 
+import posixpath
+
 import keras
 from keras import ops
 
@@ -75,19 +77,30 @@ def _tensorflow_normalize(x, gamma, beta, axis, epsilon):
     return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
 
 
+# Earlier keras_ssl builds named this layer `FusedBatchNormalization`: their weight files key
+# it `fused_batch_normalization`, `fused_batch_normalization_1`, ...
+_LEGACY_KEY_PREFIX = "fused_"
+
+
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with the same weights, config and results, whose
-    training-mode normalisation is one fused kernel on PyTorch (see
+    training-mode normalisation is one fused kernel on PyTorch and TensorFlow (see
     `normalize_with_batch_statistics`); the moving averages are updated as Keras does.
 
     Masks, renormalisation, `synchronized=True` and synchronised statistics
     (`keras_ssl.distributed.convert_sync_batchnorm`) take Keras's own path.
 
+    It keeps Keras's class name, by which Keras's weight files key a model's layers
+    (`batch_normalization`, `batch_normalization_1`, ...): files written with
+    `keras.layers.BatchNormalization` load into models built with this layer and back.
+    Files and configs from keras_ssl builds that named it `FusedBatchNormalization`
+    (keys `fused_batch_normalization...`) load too.
+
     Example:
 
     >>> import numpy as np
-    >>> layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    >>> layer = BatchNormalization(momentum=0.9, epsilon=1e-5)
     >>> layer(np.ones((4, 8, 8, 3), "float32"), training=True).shape
     (4, 8, 8, 3)
     """
@@ -108,5 +121,30 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         )
         return ops.cast(y, self.compute_dtype)
 
+    def load_own_variables(self, store):
+        if not store.keys():
+            store = _legacy_entry(store) or store
+        super().load_own_variables(store)
+
     def _fusable(self):
         return not (self.renorm or self.synchronized or is_sync_batchnorm(self))
+
+
+# Configs written under the earlier name deserialise to this class.
+keras.saving.get_custom_objects()["keras_ssl>FusedBatchNormalization"] = BatchNormalization
+
+
+def _legacy_entry(store):
+    """The entry of a file that keyed this layer `fused_batch_normalization...`, or None.
+
+    Keras hands a layer the file's store positioned at the layer's path; an empty entry
+    at `.../batch_normalization_3` is looked up at `.../fused_batch_normalization_3`.
+    """
+    path = getattr(store, "_h5_entry_path", None)
+    if not isinstance(path, str) or not hasattr(store, "has_path"):
+        return None
+    parent, leaf = posixpath.split(path)
+    if not leaf.startswith("batch_normalization"):
+        return None
+    legacy = posixpath.join(parent, _LEGACY_KEY_PREFIX + leaf)
+    return store.get(legacy) if store.has_path(legacy) else None

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ssl.layers.fused_batch_norm import FusedBatchNormalization
+from keras_ssl.layers import fused_batch_norm
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -55,7 +55,7 @@ class ProjectionHead(keras.layers.Layer):
             )
             if batch_norm:
                 self.blocks.append(
-                    FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn_{i}")
+                    fused_batch_norm.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn_{i}")
                 )
             self.blocks.append(keras.layers.ReLU(name=f"relu_{i}"))
         last = num_layers - 1
@@ -64,7 +64,7 @@ class ProjectionHead(keras.layers.Layer):
         )
         if output_batch_norm:
             self.blocks.append(
-                FusedBatchNormalization(
+                fused_batch_norm.BatchNormalization(
                     momentum=0.9, epsilon=1e-5, center=False, scale=False, name=f"bn_{last}"
                 )
             )

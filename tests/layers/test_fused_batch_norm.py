@@ -4,10 +4,8 @@ import pytest
 from keras import ops
 
 from keras_ssl.distributed import convert_sync_batchnorm
-from keras_ssl.layers.fused_batch_norm import (
-    FusedBatchNormalization,
-    normalize_with_batch_statistics,
-)
+from keras_ssl.layers import fused_batch_norm
+from keras_ssl.layers.fused_batch_norm import BatchNormalization, normalize_with_batch_statistics
 from tests._support.gradients import gradients
 
 EPSILON = 1e-5
@@ -70,10 +68,10 @@ def test_matches_numpy_forward_statistics_and_gradients(shape, axis):
 
 
 def _pair(shape, axis, **kwargs):
-    """A Keras BatchNormalization and a FusedBatchNormalization with the same weights."""
+    """A Keras BatchNormalization and keras_ssl's with the same weights."""
     rng = np.random.default_rng(1)
     plain = keras.layers.BatchNormalization(axis=axis, epsilon=EPSILON, momentum=0.9, **kwargs)
-    fused = FusedBatchNormalization(axis=axis, epsilon=EPSILON, momentum=0.9, **kwargs)
+    fused = BatchNormalization(axis=axis, epsilon=EPSILON, momentum=0.9, **kwargs)
     plain.build(shape)
     fused.build(shape)
     weights = [rng.normal(size=w.shape).astype("float32") for w in plain.weights]
@@ -133,8 +131,107 @@ def test_masks_and_sync_statistics_take_the_keras_path():
 
 
 def test_serialises():
-    layer = FusedBatchNormalization(axis=1, momentum=0.8, epsilon=1e-3, name="bn")
+    layer = BatchNormalization(axis=1, momentum=0.8, epsilon=1e-3, name="bn")
     config = keras.saving.serialize_keras_object(layer)
     restored = keras.saving.deserialize_keras_object(config)
-    assert isinstance(restored, FusedBatchNormalization)
+    assert isinstance(restored, BatchNormalization)
     assert restored.get_config() == layer.get_config()
+
+
+def test_configs_under_the_earlier_class_name_deserialise():
+    config = keras.saving.serialize_keras_object(BatchNormalization(axis=1, momentum=0.8))
+    config["registered_name"] = "keras_ssl>FusedBatchNormalization"
+    config["class_name"] = "FusedBatchNormalization"
+    restored = keras.saving.deserialize_keras_object(config)
+    assert type(restored) is BatchNormalization
+    assert restored.momentum == 0.8 and restored.axis == 1
+
+
+class FusedBatchNormalization(BatchNormalization):
+    """The layer under the class name of earlier keras_ssl builds, which keyed weight files
+    `fused_batch_normalization`, `fused_batch_normalization_1`, ..."""
+
+
+def _built_with(layer_class, build, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(fused_batch_norm, "BatchNormalization", layer_class)
+        return build()
+
+
+def _randomise(model):
+    rng = np.random.default_rng(7)
+    for variable in model.weights:
+        if "float" in str(variable.dtype):
+            variable.assign(rng.normal(size=variable.shape).astype("float32"))
+
+
+def _h5_keys(path):
+    import h5py
+
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visit(names.append)
+    return names
+
+
+def _assert_same_weights(loaded, saved):
+    assert len(loaded.weights) == len(saved.weights)
+    for a, b in zip(loaded.weights, saved.weights, strict=True):
+        assert a.path == b.path
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+
+
+def _resnet():
+    from keras_ssl.backbones import ResNet
+
+    return ResNet(stackwise_num_blocks=(1, 1), stackwise_num_filters=(4, 8), stem="cifar")
+
+
+@pytest.mark.parametrize("layer_class", [FusedBatchNormalization, keras.layers.BatchNormalization])
+def test_resnet_weight_files_of_earlier_batch_norm_classes_load(tmp_path, monkeypatch, layer_class):
+    # Weight files key layers by class name: files written with Keras's own batch norm, and
+    # with this layer under its earlier name, both load into today's ResNet.
+    saved = _built_with(layer_class, _resnet, monkeypatch)
+    assert {type(layer) for layer in saved.layers} >= {layer_class}
+    _randomise(saved)
+    path = str(tmp_path / "resnet.weights.h5")
+    saved.save_weights(path)
+    prefix = "fused_" if layer_class is FusedBatchNormalization else ""
+    assert any(key.endswith(f"/{prefix}batch_normalization_2") for key in _h5_keys(path))
+    loaded = _resnet()
+    assert not any(type(layer) is layer_class for layer in loaded.layers)
+    loaded.load_weights(path)
+    _assert_same_weights(loaded, saved)
+
+
+def test_method_archives_written_under_the_earlier_class_name_load(tmp_path, monkeypatch):
+    # A .keras checkpoint of a method: its ResNet and its projection head's batch norms.
+    import keras_ssl
+
+    def simclr():
+        return keras_ssl.SimCLR(_resnet(), projection_dim=4, hidden_dim=8)
+
+    saved = _built_with(FusedBatchNormalization, simclr, monkeypatch)
+    saved(np.zeros((2, 8, 8, 3), "float32"))
+    _randomise(saved)
+    path = tmp_path / "simclr.keras"
+    saved.save(path)
+    loaded = keras.saving.load_model(path)
+    assert not any(
+        type(layer) is FusedBatchNormalization
+        for layer in loaded._flatten_layers(include_self=False, recursive=True)
+    )
+    _assert_same_weights(loaded, saved)
+
+
+def test_a_batch_norm_missing_from_the_file_is_still_an_error(tmp_path):
+    import h5py
+
+    saved = _resnet()
+    path = str(tmp_path / "resnet.weights.h5")
+    saved.save_weights(path)
+    with h5py.File(path, "a") as f:
+        victim = next(key for key in _h5_keys(path) if key.endswith("/batch_normalization_2"))
+        del f[victim]
+    with pytest.raises(ValueError, match="expected 4 variables, but received 0"):
+        _resnet().load_weights(path)
