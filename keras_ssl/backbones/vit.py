@@ -75,6 +75,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_ssl.layers.exact_gelu import ExactGELU
+
 _LN_EPSILON = 1e-6
 _OUTPUTS = ("cls", "tokens")
 _MLPS = ("gelu", "swiglu")
@@ -486,17 +488,6 @@ class LayerScale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "init_value": self.init_value}
-
-
-@keras.saving.register_keras_serializable(package="keras_ssl")
-class ExactGELU(keras.layers.Layer):
-    """GELU with the exact erf form (``approximate=False``), as torch's ``nn.GELU()``."""
-
-    def call(self, x):
-        return ops.gelu(x, approximate=False)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
 
 def swiglu_hidden_dim(hidden_dim, mlp_ratio=4.0):

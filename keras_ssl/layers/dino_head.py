@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ssl.layers import fused_batch_norm
+from keras_ssl.layers.exact_gelu import exact_gelu
 from keras_ssl.ops.normalize import l2_normalize
 
 
@@ -166,4 +167,4 @@ class DINOHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 def _exact_gelu(x):
-    return keras.activations.gelu(x, approximate=False)
+    return exact_gelu(x)

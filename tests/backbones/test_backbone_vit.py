@@ -270,14 +270,6 @@ def test_layer_scale_and_layer_names():
     assert tuple(scaled.get_layer("patch_embed").kernel.shape) == (4, 4, 3, 32)
 
 
-def test_exact_gelu():
-    from keras_ssl.backbones.vit import ExactGELU
-
-    x = np.linspace(-4, 4, 17).astype("float32")
-    expected = 0.5 * x * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
-    np.testing.assert_allclose(_np(ExactGELU()(x)), expected, rtol=1e-5, atol=1e-6)
-
-
 def test_parameter_counts_match_timm_dino():
     # timm vit_small_patch16_224 / vit_base_patch16_224 without head = official DINO
     # ViT-S/16 and ViT-B/16 backbones (no mask token); the default mask token adds D.
