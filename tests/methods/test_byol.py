@@ -4,6 +4,7 @@ from keras import ops
 
 import keras_ssl
 from keras_ssl.backbones import ConvNet
+from tests._support.views import blocky_views
 
 
 def _model(**kwargs):
@@ -13,13 +14,7 @@ def _model(**kwargs):
 
 
 def _views(n=16):
-    coarse = np.random.default_rng(0).uniform(size=(n, 4, 4, 1))
-    images = np.kron(coarse, np.ones((1, 4, 4, 1)))
-    rng = np.random.default_rng(1)
-    return tuple(
-        np.clip(images + 0.1 * rng.normal(size=images.shape), 0, 1).astype("float32")
-        for _ in range(2)
-    )
+    return blocky_views(n)
 
 
 def test_thirty_steps_on_a_fixed_batch_lower_the_loss():

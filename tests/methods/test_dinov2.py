@@ -5,6 +5,7 @@ from keras import ops
 
 import keras_ssl
 from keras_ssl.backbones import ViT
+from tests._support.views import blocky_views
 
 
 def _vit(**kwargs):
@@ -27,13 +28,7 @@ def _model(backbone=None, **kwargs):
 
 def _views(n=8, seed=0):
     """Two 16 px global views and two 8 px local views of blocky images."""
-    coarse = np.random.default_rng(seed).uniform(size=(n, 4, 4, 1))
-    rng = np.random.default_rng(seed + 1)
-    views = []
-    for size in (16, 16, 8, 8):
-        image = np.kron(coarse, np.ones((1, size // 4, size // 4, 1)))
-        views.append(np.clip(image + 0.1 * rng.normal(size=image.shape), 0, 1).astype("float32"))
-    return tuple(views)
+    return blocky_views(n, sizes=(16, 16, 8, 8), seed=seed)
 
 
 def _np(x):

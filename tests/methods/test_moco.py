@@ -5,6 +5,7 @@ from keras import ops
 
 import keras_ssl
 from keras_ssl.backbones import ConvNet
+from tests._support.views import blocky_views
 
 
 def _model(queue_size=32, **kwargs):
@@ -17,20 +18,10 @@ def _model(queue_size=32, **kwargs):
     )
 
 
-def _blocky_views(n, seed=0):
-    coarse = np.random.default_rng(seed).uniform(size=(n, 4, 4, 1))
-    images = np.kron(coarse, np.ones((1, 4, 4, 1)))
-    rng = np.random.default_rng(seed + 1)
-    return tuple(
-        np.clip(images + 0.1 * rng.normal(size=images.shape), 0, 1).astype("float32")
-        for _ in range(2)
-    )
-
-
 def test_thirty_steps_lower_the_loss():
     # 64 images in batches of 16 and a queue of two batches: the negatives are always keys of
     # other images, as in real training (a fixed batch would meet its own old keys there).
-    views = _blocky_views(64)
+    views = blocky_views(64)
     model = _model(queue_size=32, momentum=0.99)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(views, batch_size=16, epochs=8, shuffle=False, verbose=0)
@@ -41,7 +32,7 @@ def test_thirty_steps_lower_the_loss():
 
 def test_queue_rotates_as_a_ring_buffer():
     model = _model(queue_size=12)
-    views = tuple(ops.convert_to_tensor(v[:8]) for v in _blocky_views(8))
+    views = tuple(ops.convert_to_tensor(v[:8]) for v in blocky_views(8))
     before = ops.convert_to_numpy(model.queue)
     _, _ = model.compute_ssl_loss(views, training=True)
     keys = model.teacher_head(model.teacher_backbone(views[1], training=True), training=True)
@@ -61,7 +52,7 @@ def test_queue_rotates_as_a_ring_buffer():
 
 def test_loss_uses_the_queue_before_the_enqueue():
     model = _model(queue_size=16, temperature=0.2)
-    views = tuple(ops.convert_to_tensor(v[:8]) for v in _blocky_views(8))
+    views = tuple(ops.convert_to_tensor(v[:8]) for v in blocky_views(8))
     queue = ops.convert_to_numpy(model.queue)
     q = model.projection_head(model.backbone(views[0], training=False), training=False)
     k = model.teacher_head(model.teacher_backbone(views[1], training=False), training=False)
@@ -71,7 +62,7 @@ def test_loss_uses_the_queue_before_the_enqueue():
 
 
 def test_teacher_is_the_ema_of_the_student():
-    views = _blocky_views(16)
+    views = blocky_views(16)
     model = _model(queue_size=32, momentum=0.9)
     teacher0 = [ops.convert_to_numpy(w) for w in model.teacher_backbone.weights]
     model.compile(optimizer=keras.optimizers.SGD(0.5))
@@ -91,13 +82,13 @@ def test_batch_larger_than_queue_is_refused():
     model = _model(queue_size=8)
     model.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="smaller than the batch"):
-        model.fit(_blocky_views(16), batch_size=16, verbose=0)
+        model.fit(blocky_views(16), batch_size=16, verbose=0)
 
 
 def test_save_load_keeps_queue_pointer_and_teacher(tmp_path):
     model = _model(queue_size=48)
     model.compile(optimizer="adam")
-    model.fit(_blocky_views(32), batch_size=16, epochs=1, verbose=0)
+    model.fit(blocky_views(32), batch_size=16, epochs=1, verbose=0)
     path = tmp_path / "moco.keras"
     model.save(path)
     restored = keras.saving.load_model(path)

@@ -4,6 +4,7 @@ import pytest
 
 import keras_ssl
 from keras_ssl.backbones import ConvNet
+from tests._support.views import blocky_views
 
 
 def _model(**kwargs):
@@ -20,12 +21,7 @@ def _images(n=16):
 
 
 def test_thirty_steps_on_a_fixed_batch_lower_the_loss():
-    # Blocky images (4x4 random patterns upsampled): distinct enough for a tiny network.
-    coarse = np.random.default_rng(0).uniform(size=(16, 4, 4, 1))
-    images = np.kron(coarse, np.ones((1, 4, 4, 1))).astype("float32")
-    rng = np.random.default_rng(1)
-    views = tuple(np.clip(images + 0.1 * rng.normal(size=images.shape), 0, 1) for _ in range(2))
-    views = tuple(v.astype("float32") for v in views)
+    views = blocky_views(16)
     model = _model()
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(views, batch_size=16, epochs=30, verbose=0)
