@@ -85,8 +85,9 @@ _LEGACY_KEY_PREFIX = "fused_"
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with the same weights, config and results, whose
-    training-mode normalisation is one fused kernel on PyTorch and TensorFlow (see
-    `normalize_with_batch_statistics`); the moving averages are updated as Keras does.
+    training-mode normalisation is one fused kernel on PyTorch, and on TensorFlow for
+    channels-last images (see `normalize_with_batch_statistics`); the moving averages
+    are updated as Keras does.
 
     Masks, renormalisation, `synchronized=True` and synchronised statistics
     (`keras_ssl.distributed.convert_sync_batchnorm`) take Keras's own path.
@@ -94,8 +95,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
     It keeps Keras's class name, by which Keras's weight files key a model's layers
     (`batch_normalization`, `batch_normalization_1`, ...): files written with
     `keras.layers.BatchNormalization` load into models built with this layer and back.
-    Files and configs from keras_ssl builds that named it `FusedBatchNormalization`
-    (keys `fused_batch_normalization...`) load too.
+    HDF5 weight files (`.weights.h5`, `.keras`) and configs from keras_ssl builds that
+    named it `FusedBatchNormalization` (keys `fused_batch_normalization...`) load too,
+    unless the same layer list also held Keras's own batch norms: their two key
+    sequences cannot be told apart, which is an error.
 
     Example:
 
@@ -122,15 +125,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(y, self.compute_dtype)
 
     def load_own_variables(self, store):
-        if not store.keys():
-            store = _legacy_entry(store) or store
-        super().load_own_variables(store)
+        super().load_own_variables(_legacy_entry(store) or store)
 
     def _fusable(self):
         return not (self.renorm or self.synchronized or is_sync_batchnorm(self))
 
 
-# Configs written under the earlier name deserialise to this class.
+# Code and configs that use the earlier name get this class.
+FusedBatchNormalization = BatchNormalization
 keras.saving.get_custom_objects()["keras_ssl>FusedBatchNormalization"] = BatchNormalization
 
 
@@ -139,6 +141,8 @@ def _legacy_entry(store):
 
     Keras hands a layer the file's store positioned at the layer's path; an empty entry
     at `.../batch_normalization_3` is looked up at `.../fused_batch_normalization_3`.
+    Raises where the layer list also holds Keras's own `batch_normalization...` entries
+    next to `fused_...` ones: the two counters cannot be matched to today's one.
     """
     path = getattr(store, "_h5_entry_path", None)
     if not isinstance(path, str) or not hasattr(store, "has_path"):
@@ -146,5 +150,28 @@ def _legacy_entry(store):
     parent, leaf = posixpath.split(path)
     if not leaf.startswith("batch_normalization"):
         return None
+    siblings = _group_keys(store, parent)
+    if any(k.startswith(_LEGACY_KEY_PREFIX + "batch_normalization") for k in siblings) and any(
+        k.startswith("batch_normalization") for k in siblings
+    ):
+        raise ValueError(
+            f"The weights file keys the batch norms under {parent or 'its root'!r} both as "
+            "`fused_batch_normalization...` (keras_ssl's layer under its earlier name) and as "
+            "`batch_normalization...` (Keras's own): today both are `batch_normalization...`, "
+            "so which weights belong to which layer cannot be told. Load the file into the "
+            "model built by the keras_ssl version that wrote it, and copy the weights layer by "
+            "layer by name (`get_layer(name).set_weights(...)`)."
+        )
+    if store.keys():
+        return None
     legacy = posixpath.join(parent, _LEGACY_KEY_PREFIX + leaf)
     return store.get(legacy) if store.has_path(legacy) else None
+
+
+def _group_keys(store, path):
+    """The names under `path` in the store's HDF5 file; empty where it cannot tell."""
+    try:
+        group = store.h5_file[path] if path else store.h5_file
+        return list(group.keys())
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return []

@@ -235,3 +235,21 @@ def test_a_batch_norm_missing_from_the_file_is_still_an_error(tmp_path):
         del f[victim]
     with pytest.raises(ValueError, match="expected 4 variables, but received 0"):
         _resnet().load_weights(path)
+
+
+def test_files_keying_both_earlier_classes_in_one_list_are_refused(tmp_path):
+    # Earlier files counted `fused_batch_normalization_k` and Keras's `batch_normalization_k`
+    # apart; today both are `batch_normalization_k`: such a file cannot be matched safely.
+    def model(ours):
+        return keras.Sequential(
+            [keras.Input((4,)), ours(name="ours"), keras.layers.BatchNormalization(name="keras")]
+        )
+
+    path = str(tmp_path / "mixed.weights.h5")
+    model(FusedBatchNormalization).save_weights(path)
+    with pytest.raises(ValueError, match="cannot be told"):
+        model(BatchNormalization).load_weights(path)
+
+
+def test_the_earlier_class_name_still_imports():
+    assert fused_batch_norm.FusedBatchNormalization is BatchNormalization
