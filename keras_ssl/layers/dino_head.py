@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_ssl.layers import fused_batch_norm
-from keras_ssl.layers.exact_gelu import exact_gelu
+from keras_ssl.layers.exact_gelu import ExactGELU
 from keras_ssl.ops.normalize import l2_normalize
 
 
@@ -84,7 +84,7 @@ class DINOHead(keras.layers.Layer):
                             momentum=0.9, epsilon=1e-5, name=f"bn_{i}"
                         )
                     )
-                self.mlp.append(keras.layers.Activation(_exact_gelu, name=f"gelu_{i}"))
+                self.mlp.append(ExactGELU(name=f"gelu_{i}"))
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -163,8 +163,3 @@ class DINOHead(keras.layers.Layer):
             }
         )
         return config
-
-
-@keras.saving.register_keras_serializable(package="keras_ssl")
-def _exact_gelu(x):
-    return exact_gelu(x)
