@@ -24,7 +24,10 @@ class DINOHead(keras.layers.Layer):
     hidden and bottleneck linear layers use a truncated normal init of std
     0.02 and zero biases; GELU is the exact (erf) one. `V` keeps PyTorch's
     default linear init, uniform in `+-1/sqrt(bottleneck_dim)`, as the official
-    code. The L2 normalisation and the weight norm are computed in float32.
+    code. The L2 normalisation and the weight norm are computed in float32. A
+    column of `V` that is exactly zero (which training does not produce) gives
+    zeros on JAX and TensorFlow, where the norm is clamped at 1e-12, and NaN on
+    PyTorch, whose fused weight norm (the official code's) does not clamp.
 
     `last_layer_variables` lists the trainable variables of the last layer
     (`V`, and `g` when it is trainable), which DINO freezes during the first
@@ -122,6 +125,13 @@ class DINOHead(keras.layers.Layer):
         """The effective `(bottleneck_dim, output_dim)` float32 kernel `g * V / |V|`."""
         v = ops.convert_to_tensor(self.last_layer_v)
         g = ops.convert_to_tensor(self.last_layer_g)
+        if keras.backend.backend() == "torch":
+            import torch
+
+            # PyTorch's fused weight norm, which `nn.utils.weight_norm` in the official code
+            # runs: one kernel forward and one backward, where the formula below is a norm,
+            # a product and six passes over V backward (46 against 133 ms for 256 x 65536).
+            return torch._weight_norm(v, ops.expand_dims(g, 0), 1)
         norm = ops.maximum(ops.norm(v, axis=0, keepdims=True), 1e-12)
         # One pass over V: its columns times the (1, output_dim) factors g / |V|.
         return v * (ops.expand_dims(g, 0) / norm)

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_ssl.layers.dino_head import DINOHead
 from keras_ssl.ops import distributed
+from keras_ssl.ops._multi_tensor import scale_variables
 from keras_ssl.ops.dino import dino_center_update, dino_loss
 from keras_ssl.ops.schedules import cosine_schedule, linear_schedule
 from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
@@ -216,11 +217,14 @@ class DINO(ContrastiveTrainer):
                     stacklevel=2,
                 )
             rate = ops.cast(self.optimizer.learning_rate, "float32") * self.current_weight_decay()
+            by_multiplier = {}
             for _, student in self.teacher_student_pairs():
                 for variable in student.trainable_weights:
                     if len(variable.shape) > 1:  # not biases and norms, as the paper
-                        decay = rate * multipliers.get(id(variable), 1.0)
-                        variable.assign(variable * ops.cast(1.0 - decay, variable.dtype))
+                        multiplier = multipliers.get(id(variable), 1.0)
+                        by_multiplier.setdefault(multiplier, []).append(variable)
+            for multiplier, variables in by_multiplier.items():
+                scale_variables(variables, 1.0 - rate * multiplier)
         momentum = self.teacher_momentum()
         for teacher, student in self.teacher_student_pairs():
             self.update_teacher(teacher, student, momentum)

@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_ssl.ops._multi_tensor import lerp_variables
+
 
 def ema_update(teacher_variables, student_variables, momentum):
     """Momentum update of the teacher's weights (MoCo, He et al. 2020, eq. 2;
@@ -10,7 +12,9 @@ def ema_update(teacher_variables, student_variables, momentum):
         theta_teacher <- m * theta_teacher + (1 - m) * theta_student
 
     for every pair of variables, assigned in place; nothing is returned. The
-    arithmetic is done in each teacher variable's dtype. Works eagerly, inside
+    arithmetic is done in each teacher variable's dtype, as
+    `theta_teacher + (1 - m) * (theta_student - theta_teacher)` (on PyTorch one
+    multi-tensor `lerp` over all the variables). Works eagerly, inside
     a `keras.StatelessScope` (the new values are recorded in the scope) and
     under `torch.no_grad()`. The caller chooses which variables to average
     (typically `teacher.weights` and `student.weights`, so batch-norm
@@ -45,8 +49,5 @@ def ema_update(teacher_variables, student_variables, momentum):
                 f"ema_update: teacher variable {getattr(teacher, 'path', teacher)} has shape "
                 f"{tuple(teacher.shape)} but its student has {tuple(student.shape)}."
             )
-    for teacher, student in zip(teacher_variables, student_variables, strict=True):
-        m = ops.cast(momentum, teacher.dtype)
-        value = ops.convert_to_tensor(teacher)
-        student = ops.cast(ops.stop_gradient(ops.convert_to_tensor(student)), teacher.dtype)
-        teacher.assign(m * value + (1 - m) * student)
+    # m * teacher + (1 - m) * student, as a lerp towards the student with weight 1 - m.
+    lerp_variables(teacher_variables, student_variables, 1.0 - ops.cast(momentum, "float32"))

@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.layers import DINOHead
+from tests._support.gradients import gradients
 
 _erf = np.vectorize(math.erf)
 
@@ -75,6 +76,28 @@ def test_normalised_last_layer_and_bottleneck():
     np.testing.assert_allclose(np.linalg.norm(bottleneck, axis=-1), np.ones(5), rtol=1e-5)
     # Logits are cosines between the bottleneck and unit prototypes.
     assert np.abs(ops.convert_to_numpy(head(x))).max() <= 1.0 + 1e-5
+
+
+def test_weight_norm_gradients_equal_the_formula():
+    # W = g V / |V|_col, n = |V|_col. For a loss sum(W * R):
+    #   dL/dg = sum(R * V, 0) / n,    dL/dV = g / n * (R - V * sum(R * V, 0) / n^2).
+    head = _small_head(norm_last_layer=False)
+    head.build((None, 7))
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(6, 12)).astype("float32")
+    g = rng.uniform(0.5, 2.0, size=(12,)).astype("float32")
+    r = rng.normal(size=(6, 12))
+
+    def loss(v, g):
+        with keras.StatelessScope(state_mapping=[(head.last_layer_v, v), (head.last_layer_g, g)]):
+            return ops.sum(head.last_layer_kernel() * ops.convert_to_tensor(r, "float32"))
+
+    dv, dg = gradients(loss, v, g)
+    v64, g64 = v.astype(np.float64), g.astype(np.float64)
+    n = np.linalg.norm(v64, axis=0)
+    c = (r * v64).sum(axis=0)
+    np.testing.assert_allclose(dg, c / n, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dv, g64 / n * (r - v64 * c / n**2), rtol=1e-4, atol=1e-6)
 
 
 def test_g_frozen_only_with_norm_last_layer():

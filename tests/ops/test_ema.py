@@ -81,3 +81,18 @@ def test_rejects_mismatches():
         ema_update([a], [a, a], 0.9)
     with pytest.raises(ValueError, match="shape"):
         ema_update([a], [np.zeros((3,), "float32")], 0.9)
+
+
+def test_teachers_of_several_dtypes_keep_theirs():
+    # One update over float16 and float32 teachers with float32 students: each teacher is
+    # computed and stored in its own dtype.
+    rng = np.random.default_rng(2)
+    t16, t32, s16, s32 = (rng.normal(size=(5,)).astype("float32") for _ in range(4))
+    teachers = [keras.Variable(t16, dtype="float16"), keras.Variable(t32)]
+    ema_update(teachers, [s16, keras.Variable(s32)], momentum=0.75)
+    assert [keras.backend.standardize_dtype(t.dtype) for t in teachers] == ["float16", "float32"]
+    expected16 = 0.75 * t16.astype("float16").astype(np.float64) + 0.25 * s16
+    np.testing.assert_allclose(ops.convert_to_numpy(teachers[0]), expected16, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(teachers[1]), 0.75 * t32 + 0.25 * s32, rtol=1e-6
+    )

@@ -1,0 +1,70 @@
+"""In-place updates of many variables at once, for the after-step of EMA teachers and
+decoupled weight decay.
+
+On PyTorch, eagerly, each update is one multi-tensor kernel (`torch._foreach_*`, as
+`torch.optim` and Keras's own PyTorch optimizers use): one pass over the weights instead
+of an elementwise op per term plus a copy for `assign`. Elsewhere (JAX's stateless step,
+TensorFlow's graph, a `keras.StatelessScope` or an autocast scope on any backend) each
+variable is `assign`ed, which XLA fuses into one pass where the step is compiled.
+"""
+
+import keras
+from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
+from keras.src.backend.common.variables import get_autocast_scope
+
+
+def _in_place(variables):
+    return (
+        keras.backend.backend() == "torch"
+        and not in_stateless_scope()
+        and get_autocast_scope() is None  # where `.value` is the variable's own storage
+        and all(isinstance(v, keras.Variable) for v in variables)
+    )
+
+
+def lerp_variables(targets, sources, weight):
+    """`target <- target + weight * (source - target)` for every pair, in each target's dtype.
+
+    `sources` are variables, tensors or arrays of the targets' shapes; `weight` is a float
+    or a scalar tensor.
+    """
+    if not _in_place(targets):
+        for target, source in zip(targets, sources, strict=True):
+            w = ops.cast(weight, target.dtype)
+            value = ops.convert_to_tensor(target)
+            source = ops.cast(ops.stop_gradient(ops.convert_to_tensor(source)), target.dtype)
+            target.assign(value + w * (source - value))
+        return
+    import torch
+
+    with torch.no_grad():
+        groups = {}
+        for target, source in zip(targets, sources, strict=True):
+            value = target.value
+            source = ops.convert_to_tensor(source)
+            groups.setdefault(value.dtype, ([], []))
+            groups[value.dtype][0].append(value)
+            groups[value.dtype][1].append(source.detach().to(value.dtype))
+        for dtype, (values, group_sources) in groups.items():
+            w = ops.cast(weight, dtype)
+            torch._foreach_lerp_(values, group_sources, [w] * len(values))
+
+
+def scale_variables(variables, factor):
+    """`variable <- variable * factor` for every variable, in each variable's dtype.
+
+    `factor` is a float or a scalar tensor.
+    """
+    if not _in_place(variables):
+        for variable in variables:
+            variable.assign(variable * ops.cast(factor, variable.dtype))
+        return
+    import torch
+
+    with torch.no_grad():
+        groups = {}
+        for variable in variables:
+            groups.setdefault(variable.value.dtype, []).append(variable.value)
+        for dtype, values in groups.items():
+            torch._foreach_mul_(values, ops.cast(factor, dtype))
