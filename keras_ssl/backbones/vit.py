@@ -75,6 +75,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_ssl.layers import fused_dense
 from keras_ssl.layers.exact_gelu import ExactGELU
 
 _LN_EPSILON = 1e-6
@@ -539,7 +540,7 @@ class SwiGLU(keras.layers.Layer):
 
 
 def _dense(units, name):
-    return keras.layers.Dense(
+    return fused_dense.Dense(
         units, kernel_initializer=_trunc_normal(), bias_initializer="zeros", name=name
     )
 
@@ -604,7 +605,7 @@ def _build_layers(
         layers[f"{p}_norm1"] = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name=f"{p}_norm1"
         )
-        layers[f"{p}_attn_qkv"] = keras.layers.Dense(
+        layers[f"{p}_attn_qkv"] = fused_dense.Dense(
             3 * hidden_dim,
             use_bias=qkv_bias,
             kernel_initializer=_trunc_normal(),

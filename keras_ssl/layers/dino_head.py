@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_ssl.layers import fused_batch_norm
+from keras_ssl.layers import fused_batch_norm, fused_dense
 from keras_ssl.layers.exact_gelu import ExactGELU
 from keras_ssl.ops.normalize import l2_normalize
 
@@ -73,7 +73,7 @@ class DINOHead(keras.layers.Layer):
         for i in range(num_layers):
             last = i == num_layers - 1
             self.mlp.append(
-                keras.layers.Dense(
+                fused_dense.Dense(
                     bottleneck_dim if last else hidden_dim,
                     kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
                     bias_initializer="zeros",

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ssl.layers import fused_batch_norm
+from keras_ssl.layers import fused_batch_norm, fused_dense
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -51,7 +51,7 @@ class ProjectionHead(keras.layers.Layer):
         self.blocks = []
         for i in range(num_layers - 1):
             self.blocks.append(
-                keras.layers.Dense(hidden_dim, use_bias=not batch_norm, name=f"linear_{i}")
+                fused_dense.Dense(hidden_dim, use_bias=not batch_norm, name=f"linear_{i}")
             )
             if batch_norm:
                 self.blocks.append(
@@ -60,7 +60,7 @@ class ProjectionHead(keras.layers.Layer):
             self.blocks.append(keras.layers.ReLU(name=f"relu_{i}"))
         last = num_layers - 1
         self.blocks.append(
-            keras.layers.Dense(output_dim, use_bias=not output_batch_norm, name=f"linear_{last}")
+            fused_dense.Dense(output_dim, use_bias=not output_batch_norm, name=f"linear_{last}")
         )
         if output_batch_norm:
             self.blocks.append(
