@@ -1,40 +1,58 @@
 """In-place updates of many variables at once, for the after-step of EMA teachers and
 decoupled weight decay.
 
-On PyTorch, eagerly, each update is one multi-tensor kernel (`torch._foreach_*`, as
-`torch.optim` and Keras's own PyTorch optimizers use): one pass over the weights instead
-of an elementwise op per term plus a copy for `assign`. Elsewhere (JAX's stateless step,
-TensorFlow's graph, a `keras.StatelessScope` or an autocast scope on any backend) each
-variable is `assign`ed, which XLA fuses into one pass where the step is compiled.
+On PyTorch, eagerly, each update is one `torch._foreach_*` call per dtype, as `torch.optim`
+and Keras's own PyTorch optimizers update weights. On the CPU that is one pass over each
+tensor instead of an elementwise op per term plus a copy for `assign`; on CUDA the lerp,
+whose weight is a tensor (no host sync for a scheduled momentum), takes torch's per-tensor
+path. Elsewhere (JAX's stateless step, TensorFlow's graph, a `keras.StatelessScope` on any
+backend) each variable is `assign`ed, which XLA fuses into one pass where the step is
+compiled. Both read and write the variables' own values: inside a mixed-precision layer
+call, an autocast scope would hand out 16-bit copies (and Keras's PyTorch `assign` would
+write into such a copy, losing the update).
 """
 
 import keras
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
-from keras.src.backend.common.variables import get_autocast_scope
+from keras.src.backend.common.variables import AutocastScope
 
 
 def _in_place(variables):
     return (
         keras.backend.backend() == "torch"
         and not in_stateless_scope()
-        and get_autocast_scope() is None  # where `.value` is the variable's own storage
         and all(isinstance(v, keras.Variable) for v in variables)
     )
 
 
 def lerp_variables(targets, sources, weight):
-    """`target <- target + weight * (source - target)` for every pair, in each target's dtype.
+    """`target <- (1 - weight) * target + weight * source` for every pair, with `weight` cast
+    to each target's dtype (exactly `target` at weight 0 and `source` at weight 1).
 
     `sources` are variables, tensors or arrays of the targets' shapes; `weight` is a float
     or a scalar tensor.
     """
+    with AutocastScope(None):
+        _lerp(targets, sources, weight)
+
+
+def scale_variables(variables, factor):
+    """`variable <- variable * factor` for every variable, in each variable's dtype.
+
+    `factor` is a float or a scalar tensor.
+    """
+    with AutocastScope(None):
+        _scale(variables, factor)
+
+
+def _lerp(targets, sources, weight):
     if not _in_place(targets):
         for target, source in zip(targets, sources, strict=True):
             w = ops.cast(weight, target.dtype)
             value = ops.convert_to_tensor(target)
             source = ops.cast(ops.stop_gradient(ops.convert_to_tensor(source)), target.dtype)
-            target.assign(value + w * (source - value))
+            target.assign((1 - w) * value + w * source)
         return
     import torch
 
@@ -51,11 +69,7 @@ def lerp_variables(targets, sources, weight):
             torch._foreach_lerp_(values, group_sources, [w] * len(values))
 
 
-def scale_variables(variables, factor):
-    """`variable <- variable * factor` for every variable, in each variable's dtype.
-
-    `factor` is a float or a scalar tensor.
-    """
+def _scale(variables, factor):
     if not _in_place(variables):
         for variable in variables:
             variable.assign(variable * ops.cast(factor, variable.dtype))

@@ -12,9 +12,9 @@ def ema_update(teacher_variables, student_variables, momentum):
         theta_teacher <- m * theta_teacher + (1 - m) * theta_student
 
     for every pair of variables, assigned in place; nothing is returned. The
-    arithmetic is done in each teacher variable's dtype, as
-    `theta_teacher + (1 - m) * (theta_student - theta_teacher)` (on PyTorch one
-    multi-tensor `lerp` over all the variables). Works eagerly, inside
+    arithmetic is done in each teacher variable's dtype (on PyTorch, eagerly, as
+    one multi-tensor `lerp` towards the students with weight `1 - m`, which
+    computes 16-bit tensors in float32). Works eagerly, inside
     a `keras.StatelessScope` (the new values are recorded in the scope) and
     under `torch.no_grad()`. The caller chooses which variables to average
     (typically `teacher.weights` and `student.weights`, so batch-norm
@@ -49,5 +49,10 @@ def ema_update(teacher_variables, student_variables, momentum):
                 f"ema_update: teacher variable {getattr(teacher, 'path', teacher)} has shape "
                 f"{tuple(teacher.shape)} but its student has {tuple(student.shape)}."
             )
-    # m * teacher + (1 - m) * student, as a lerp towards the student with weight 1 - m.
-    lerp_variables(teacher_variables, student_variables, 1.0 - ops.cast(momentum, "float32"))
+    # A lerp towards the student with weight 1 - m: in Python's float64 for a number (cast
+    # once per teacher dtype), else in the tensor's dtype, where 1 - m is exact for m >= 0.5.
+    if isinstance(momentum, (int, float)):
+        weight = 1.0 - momentum
+    else:
+        weight = 1 - ops.convert_to_tensor(momentum)
+    lerp_variables(teacher_variables, student_variables, weight)

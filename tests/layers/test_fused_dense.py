@@ -52,9 +52,14 @@ def test_gradients_equal_the_closed_form():
 
 
 def test_mixed_precision_and_integer_inputs():
-    layer = Dense(3, dtype="mixed_bfloat16")
-    y = layer(np.ones((2, 4), "float32"))
+    ours, theirs = _pair(dtype="mixed_bfloat16")
+    x = np.random.default_rng(4).normal(size=(3, 4)).astype("float32")
+    y = ours(x)
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    kernel, bias = (w.astype(np.float64) for w in ours.get_weights())
+    y, expected = ops.convert_to_numpy(ops.cast(y, "float32")), x @ kernel + bias
+    np.testing.assert_allclose(y, ops.convert_to_numpy(ops.cast(theirs(x), "float32")), atol=0.1)
+    np.testing.assert_allclose(y, expected, rtol=0.03, atol=0.05)  # bfloat16: 8 bits
     ours, theirs = _pair()
     x = np.arange(8, dtype="int32").reshape(2, 4)
     np.testing.assert_allclose(
@@ -67,14 +72,15 @@ def test_weight_files_interchange_with_keras_dense(tmp_path):
         inputs = keras.Input((4,))
         return keras.Model(inputs, dense(2)(dense(3)(inputs)))
 
-    ours, theirs = model(Dense), model(keras.layers.Dense)
     rng = np.random.default_rng(3)
-    ours.set_weights([rng.normal(size=w.shape).astype("float32") for w in ours.weights])
-    path = str(tmp_path / "dense.weights.h5")
-    ours.save_weights(path)
-    theirs.load_weights(path)
-    for a, b in zip(ours.weights, theirs.weights, strict=True):
-        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    for source, target in ((Dense, keras.layers.Dense), (keras.layers.Dense, Dense)):
+        written, read = model(source), model(target)
+        written.set_weights([rng.normal(size=w.shape).astype("float32") for w in written.weights])
+        path = str(tmp_path / f"{source.__module__}.weights.h5")
+        written.save_weights(path)
+        read.load_weights(path)
+        for a, b in zip(written.weights, read.weights, strict=True):
+            np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
 
 
 def test_config_round_trip():

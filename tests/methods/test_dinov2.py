@@ -297,6 +297,31 @@ def test_layerwise_decay_and_patch_embedding_rate_scale_each_update():
     assert checked == set(expected), checked
 
 
+def test_weight_decay_scales_with_each_weights_learning_rate_multiplier():
+    """DINO's decoupled decay, `w <- w (1 - lr wd m)` with `m` the weight's layer-wise
+    multiplier, on matrices only; run alone (no optimizer update) through the after-step."""
+    model = _model(
+        backbone=ViT(patch_size=4, hidden_dim=16, depth=2, num_heads=2, input_channels=1),
+        layerwise_decay=0.5,
+        patch_embed_lr_multiplier=0.2,
+        weight_decay=0.3,
+        final_weight_decay=0.3,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.optimizer.build(model.trainable_variables)
+    multipliers = {id(v): m for v, m in model.learning_rate_multipliers()}
+    students = model.backbone.trainable_weights + model.head.trainable_weights
+    before = [_np(v) for v in students]
+    model.transform_gradients([None] * len(model.trainable_variables))  # values before "update"
+    model.after_optimizer_step()
+    assert len({multipliers.get(id(v), 1.0) for v in students if len(v.shape) > 1}) >= 3
+    for variable, value in zip(students, before, strict=True):
+        factor = 1 - 0.1 * 0.3 * multipliers.get(id(variable), 1.0) if value.ndim > 1 else 1.0
+        np.testing.assert_allclose(
+            _np(variable), value * factor, rtol=1e-6, atol=1e-8, err_msg=variable.path
+        )
+
+
 def test_vit_layer_decay_multipliers():
     vit = ViT(
         patch_size=4,

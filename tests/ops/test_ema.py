@@ -96,3 +96,37 @@ def test_teachers_of_several_dtypes_keep_theirs():
     np.testing.assert_allclose(
         ops.convert_to_numpy(teachers[1]), 0.75 * t32 + 0.25 * s32, rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0])
+def test_momentum_zero_copies_and_one_keeps_exactly(momentum):
+    teacher0 = np.array([1e8, -3.0, 0.1], "float32")
+    student0 = np.array([1.0, 7e-8, -2e7], "float32")
+    teacher = keras.Variable(teacher0)
+    ema_update([teacher], [keras.Variable(student0)], momentum)
+    expected = student0 if momentum == 0.0 else teacher0
+    np.testing.assert_array_equal(ops.convert_to_numpy(teacher), expected)
+
+
+def test_one_multi_tensor_call_on_torch_and_no_update_lost_to_an_autocast_copy(monkeypatch):
+    from keras.src.backend.common.variables import AutocastScope
+
+    calls = []
+    if keras.backend.backend() == "torch":
+        import torch
+
+        original = torch._foreach_lerp_
+        monkeypatch.setattr(
+            torch, "_foreach_lerp_", lambda *a: calls.append(len(a[0])) or original(*a)
+        )
+    teachers = [keras.Variable(np.full((3,), 0.1, "float32")) for _ in range(2)]
+    students = [keras.Variable(np.full((3,), 1 / 3, "float32")) for _ in range(2)]
+    ema_update(teachers, students, 0.75)
+    # Inside a mixed-precision call `.value` is a 16-bit copy: the update must reach the
+    # variables, computed from their float32 values (float16 reads would be ~1e-4 off).
+    with AutocastScope("float16"):
+        ema_update(teachers, students, 0.75)
+    assert calls == ([2, 2] if keras.backend.backend() == "torch" else [])
+    expected = 0.75**2 * np.float32(0.1) + (1 - 0.75**2) * np.float32(1 / 3)
+    for teacher in teachers:
+        np.testing.assert_allclose(ops.convert_to_numpy(teacher), expected, rtol=1e-6)
