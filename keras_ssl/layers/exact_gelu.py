@@ -43,7 +43,12 @@ def exact_gelu(x):
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class ExactGELU(keras.layers.Layer):
-    """`exact_gelu` as a layer: GELU with the exact erf form, as torch's `nn.GELU()`."""
+    """`exact_gelu` as a layer: GELU with the exact erf form, as torch's `nn.GELU()`.
+    Elementwise, so a Keras mask passes through (as with `keras.layers.Activation`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
 
     def call(self, x):
         return exact_gelu(x)

@@ -60,10 +60,9 @@ def _lerp(targets, sources, weight):
         groups = {}
         for target, source in zip(targets, sources, strict=True):
             value = target.value
-            source = ops.convert_to_tensor(source)
-            groups.setdefault(value.dtype, ([], []))
-            groups[value.dtype][0].append(value)
-            groups[value.dtype][1].append(source.detach().to(value.dtype))
+            values, group_sources = groups.setdefault(value.dtype, ([], []))
+            values.append(value)
+            group_sources.append(ops.convert_to_tensor(source).detach().to(value.dtype))
         for dtype, (values, group_sources) in groups.items():
             w = ops.cast(weight, dtype)
             torch._foreach_lerp_(values, group_sources, [w] * len(values))

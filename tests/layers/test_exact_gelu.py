@@ -60,3 +60,16 @@ def test_layer_serialises_and_computes_the_function():
     np.testing.assert_allclose(
         ops.convert_to_numpy(layer(X)), ops.convert_to_numpy(exact_gelu(X)), rtol=0, atol=0
     )
+
+
+def test_layer_passes_a_mask_through():
+    seen = []
+
+    class MaskSpy(keras.layers.Layer):
+        def call(self, x, mask=None):
+            seen.append(None if mask is None else ops.convert_to_numpy(mask))
+            return x
+
+    x = np.array([[[1.0, 2.0], [0.0, 0.0], [-1.0, 0.5]]], "float32")
+    MaskSpy()(ExactGELU()(keras.layers.Masking(mask_value=0.0)(x)))
+    np.testing.assert_array_equal(seen[0], [[True, False, True]])
