@@ -1,5 +1,6 @@
 """torch.distributed: the collectives (autograd-aware) and the process-group start-up."""
 
+import atexit
 import os
 
 import torch
@@ -123,3 +124,12 @@ def start(backend=None):
         # Keras puts tensors on the current CUDA device: one device per process.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend)
+    # A process that exits with its group alive can abort in the interpreter's
+    # finalisation (gloo's worker threads still hold tensors): "terminate called
+    # without an active exception", SIGABRT, and torchrun reports the run as failed.
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()

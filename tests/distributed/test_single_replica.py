@@ -1,5 +1,11 @@
 """The distributed pieces with one replica: identities, and batch norm unchanged."""
 
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -84,3 +90,45 @@ def test_engine_shards_and_batch_sizes():
     assert tf_like.batch_size(64) == 64
     with pytest.raises(ValueError, match="divisible"):
         tf_like.batch_size(63)
+
+
+_EXIT_CHECK = textwrap.dedent(
+    """
+    import atexit
+
+    import torch.distributed as dist
+
+    # Registered first, so it runs last: after every exit handler keras_ssl registers.
+    atexit.register(lambda: print("group alive at exit:", dist.is_initialized()))
+
+    import keras_ssl
+
+    print(keras_ssl.distributed.data_parallel())
+    """
+)
+
+
+def test_torch_process_group_is_destroyed_before_the_interpreter_exits():
+    # gloo's threads can abort the process in interpreter finalisation if the group is
+    # still alive ("terminate called without an active exception"); torchrun then fails
+    # the whole run. The engine destroys the group it started in an exit handler.
+    if keras.backend.backend() != "torch":
+        pytest.skip("about torch.distributed's process group; the torch suite runs it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="torch",
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _EXIT_CHECK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "num_replicas=1" in result.stdout, result.stdout
+    assert "group alive at exit: False" in result.stdout, result.stdout
