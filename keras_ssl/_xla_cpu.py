@@ -63,6 +63,13 @@ def configure(environ=os.environ):
     return True
 
 
+def on_xla_cpu():
+    """Whether Keras computes with JAX on the CPU, where some ops take faster forms."""
+    import keras
+
+    return keras.backend.backend() == "jax" and _default_backend() == "cpu"
+
+
 def _default_backend():
     try:
         import jax

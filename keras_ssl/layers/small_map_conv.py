@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_ssl._xla_cpu import on_xla_cpu
+
 # Largest map (H * W pixels) that is convolved as patches @ kernel on XLA:CPU.
 _MAX_MATMUL_PIXELS = 4
 # Largest map that PyTorch on the CPU convolves from contiguous (N, C, H, W) memory.
@@ -33,14 +35,6 @@ def conv2d_as_matmul(x, kernel):
     taps = [padded[:, a : a + height, b : b + width, :] for a in range(kh) for b in range(kw)]
     patches = ops.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
     return ops.matmul(patches, ops.reshape(kernel, (kh * kw * channels, filters)))
-
-
-def _xla_cpu():
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -94,7 +88,7 @@ class Conv2D(keras.layers.Conv2D):
             and height is not None
             and width is not None
             and height * width <= _MAX_MATMUL_PIXELS
-            and _xla_cpu()
+            and on_xla_cpu()
         )
 
     def _as_contiguous_nchw(self, inputs):

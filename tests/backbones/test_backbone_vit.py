@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_ssl import backbones
+from keras_ssl._xla_cpu import on_xla_cpu
 from keras_ssl.backbones import ViT, ViTBase, ViTSmall, ViTTiny
 from keras_ssl.backbones.vit import (
     ViTAttention,
@@ -167,8 +168,9 @@ def _reference_attention(qkv, heads):
 
 
 def test_attention_matches_reference_in_both_paths(monkeypatch):
-    # The plain call runs the backend's fused kernel (ops.dot_product_attention); the
-    # call that returns the weights computes them explicitly. Both against NumPy.
+    # The plain call runs the backend's fused kernel (ops.dot_product_attention), except
+    # on JAX's CPU, where XLA runs the explicit batched matmuls faster; the call that returns
+    # the weights computes them explicitly. Both against NumPy.
     fused = []
     original = keras.ops.dot_product_attention
 
@@ -181,9 +183,10 @@ def test_attention_matches_reference_in_both_paths(monkeypatch):
     layer = ViTAttention(num_heads=2)
     expected, expected_weights = _reference_attention(qkv, heads=2)
     np.testing.assert_allclose(_np(layer(qkv)), expected, rtol=1e-5, atol=1e-5)
-    assert fused == [True]
+    took_fused = [] if on_xla_cpu() else [True]
+    assert fused == took_fused
     out, weights = layer(qkv, return_attention=True)
-    assert fused == [True]
+    assert fused == took_fused
     np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_np(weights), expected_weights, rtol=1e-5, atol=1e-6)
 

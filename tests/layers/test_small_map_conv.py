@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_ssl import _xla_cpu
 from keras_ssl.layers import small_map_conv
 from keras_ssl.layers.small_map_conv import Conv2D, conv2d_as_matmul
 from tests._support.gradients import gradients
@@ -75,7 +76,7 @@ def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(mon
         np.testing.assert_allclose(
             ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5
         )
-    on_xla_cpu = keras.backend.backend() == "jax" and small_map_conv._xla_cpu()
+    on_xla_cpu = _xla_cpu.on_xla_cpu()
     assert calls == ([(2, 2, 2, 3)] if on_xla_cpu else [])
 
 
