@@ -16,6 +16,7 @@ from keras_ssl.backbones.vit import (
     bicubic_matrix_dynamic,
     interpolate_grid,
 )
+from tests._support.gradients import gradients
 
 TINY = dict(patch_size=4, hidden_dim=32, depth=2, num_heads=2, pretrain_image_size=32)
 
@@ -179,6 +180,16 @@ def test_attention_matches_reference_in_both_paths(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+    if keras.backend.backend() == "torch":  # the layer calls torch's kernel itself
+        import torch
+
+        original_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def spy_sdpa(*args, **kwargs):
+            fused.append(True)
+            return original_sdpa(*args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy_sdpa)
     qkv = np.random.default_rng(0).normal(size=(3, 7, 3 * 2 * 8)).astype("float32") * 2.0
     layer = ViTAttention(num_heads=2)
     expected, expected_weights = _reference_attention(qkv, heads=2)
@@ -189,6 +200,21 @@ def test_attention_matches_reference_in_both_paths(monkeypatch):
     assert fused == took_fused
     np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_np(weights), expected_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_gradients_equal_in_both_paths():
+    # The fused kernel's gradients (strided views of qkv on torch) against the explicit
+    # path's, whose forward the test above checks against NumPy.
+    rng = np.random.default_rng(1)
+    qkv = rng.normal(size=(2, 5, 3 * 2 * 4)).astype("float32")
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(2, 5, 8)).astype("float32"))
+    layer = ViTAttention(num_heads=2)
+    (fused,) = gradients(lambda x: keras.ops.sum(layer(x) * upstream), qkv)
+    (explicit,) = gradients(
+        lambda x: keras.ops.sum(layer(x, return_attention=True)[0] * upstream), qkv
+    )
+    assert np.abs(explicit).max() > 0.1
+    np.testing.assert_allclose(fused, explicit, rtol=1e-4, atol=1e-5)
 
 
 def test_last_self_attention():
