@@ -450,15 +450,17 @@ class ViTAttention(keras.layers.Layer):
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, T, head_dim) each
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=head_dim**-0.5)
             return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, dim))
-        if not return_attention and not on_xla_cpu():
-            # On TensorFlow Keras's einsum form, which its graph runs faster than the
-            # batched matmuls below (25 against 59 ms, the block above).
+        float32 = keras.backend.standardize_dtype(qkv.dtype) == "float32"
+        if not return_attention and not (on_xla_cpu() and float32):
+            # Keras's op: on TensorFlow its einsum form, which TensorFlow's graph runs faster
+            # than the batched matmuls below (25 against 59 ms, the block above); JAX's
+            # fused kernel on GPUs, and under mixed precision (its logits accumulate in
+            # float32, the matmul below would round them to 16 bits).
             q, k, v = ops.unstack(qkv, axis=2)  # (N, T, heads, head_dim) each
             out = ops.dot_product_attention(q, k, v, scale=head_dim**-0.5)
             return ops.reshape(out, (batch, -1, dim))
         # XLA:CPU runs these batched matmuls faster than the einsums of
-        # `jax.nn.dot_product_attention` (22 against 30 ms, the block above); on GPUs JAX
-        # keeps its fused kernel.
+        # `jax.nn.dot_product_attention` (22 against 30 ms, the block above).
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head_dim)
         q, k, v = qkv[0], qkv[1], qkv[2]
         logits = ops.matmul(q * (head_dim**-0.5), ops.transpose(k, (0, 1, 3, 2)))

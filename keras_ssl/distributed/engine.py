@@ -87,7 +87,8 @@ def data_parallel(num_devices=None, split_cpu=False, torch_backend=None):
     - PyTorch: joins the `torch.distributed` process group described by `torchrun`'s
       environment (`torch_backend`: `"nccl"` with CUDA, else `"gloo"`); one process per
       device. The keras_ssl train step averages the gradients over the processes, and
-      `fit` copies process 0's weights to the others first.
+      `fit` copies process 0's weights to the others first. A process group this call
+      started is destroyed when the process exits.
 
     Build and compile the model inside `engine.scope()`, feed `fit` with
     `engine.shard(data)` and `batch_size=engine.batch_size(global_batch)`. Losses,

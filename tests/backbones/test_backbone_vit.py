@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from keras_ssl import backbones
-from keras_ssl._xla_cpu import on_xla_cpu
 from keras_ssl.backbones import ViT, ViTBase, ViTSmall, ViTTiny
+from keras_ssl.backbones import vit as vit_module
 from keras_ssl.backbones.vit import (
     ViTAttention,
     ViTPositionEmbedding,
@@ -168,33 +168,40 @@ def _reference_attention(qkv, heads):
     return out, weights
 
 
-def test_attention_matches_reference_in_both_paths(monkeypatch):
-    # The plain call runs the backend's fused kernel (ops.dot_product_attention), except
-    # on JAX's CPU, where XLA runs the explicit batched matmuls faster; the call that returns
-    # the weights computes them explicitly. Both against NumPy.
+def _spy_on_fused_kernels(monkeypatch):
+    """Records each call of Keras's attention op or, on torch, of torch's SDPA."""
     fused = []
-    original = keras.ops.dot_product_attention
 
-    def spy(*args, **kwargs):
-        fused.append(True)
-        return original(*args, **kwargs)
+    def spy_on(module, name):
+        original = getattr(module, name)
 
-    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+        def spy(*args, **kwargs):
+            fused.append(True)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(keras.ops, "dot_product_attention")
     if keras.backend.backend() == "torch":  # the layer calls torch's kernel itself
         import torch
 
-        original_sdpa = torch.nn.functional.scaled_dot_product_attention
+        spy_on(torch.nn.functional, "scaled_dot_product_attention")
+    return fused
 
-        def spy_sdpa(*args, **kwargs):
-            fused.append(True)
-            return original_sdpa(*args, **kwargs)
 
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy_sdpa)
+@pytest.mark.parametrize("xla_cpu", [False, True], ids=["fused", "xla_cpu"])
+def test_attention_matches_reference_in_both_paths(monkeypatch, xla_cpu):
+    # The plain call runs the backend's fused kernel (torch's SDPA, Keras's op elsewhere),
+    # except in float32 on JAX's CPU, where XLA runs the explicit batched matmuls faster:
+    # `xla_cpu=True` takes that route on TensorFlow and JAX alike. The call that returns
+    # the weights computes them explicitly. All against NumPy.
+    monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: xla_cpu)
+    fused = _spy_on_fused_kernels(monkeypatch)
     qkv = np.random.default_rng(0).normal(size=(3, 7, 3 * 2 * 8)).astype("float32") * 2.0
     layer = ViTAttention(num_heads=2)
     expected, expected_weights = _reference_attention(qkv, heads=2)
     np.testing.assert_allclose(_np(layer(qkv)), expected, rtol=1e-5, atol=1e-5)
-    took_fused = [] if on_xla_cpu() else [True]
+    took_fused = [] if xla_cpu and keras.backend.backend() != "torch" else [True]
     assert fused == took_fused
     out, weights = layer(qkv, return_attention=True)
     assert fused == took_fused
@@ -202,9 +209,24 @@ def test_attention_matches_reference_in_both_paths(monkeypatch):
     np.testing.assert_allclose(_np(weights), expected_weights, rtol=1e-5, atol=1e-6)
 
 
-def test_attention_gradients_equal_in_both_paths():
-    # The fused kernel's gradients (strided views of qkv on torch) against the explicit
-    # path's, whose forward the test above checks against NumPy.
+def test_attention_under_mixed_precision_keeps_the_fused_kernel(monkeypatch):
+    # On JAX's CPU too: the fused kernel accumulates the logits in float32, the explicit
+    # matmuls would round them to bfloat16 before the softmax.
+    monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: True)
+    fused = _spy_on_fused_kernels(monkeypatch)
+    qkv = np.random.default_rng(0).normal(size=(3, 7, 3 * 2 * 8)).astype("float32") * 2.0
+    layer = ViTAttention(num_heads=2, dtype="mixed_bfloat16")
+    out = layer(keras.ops.cast(qkv, "bfloat16"))
+    assert fused == [True]
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    expected, _ = _reference_attention(qkv, heads=2)
+    np.testing.assert_allclose(_np(keras.ops.cast(out, "float32")), expected, atol=0.1)
+
+
+def test_attention_gradients_equal_in_both_paths(monkeypatch):
+    # The fused kernel's gradients (torch's SDPA on strided views of qkv, Keras's op
+    # elsewhere) against the explicit path's, whose forward the test above checks.
+    monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: False)
     rng = np.random.default_rng(1)
     qkv = rng.normal(size=(2, 5, 3 * 2 * 4)).astype("float32")
     upstream = keras.ops.convert_to_tensor(rng.normal(size=(2, 5, 8)).astype("float32"))
