@@ -12,7 +12,6 @@ or processes must be set up before the backend starts.
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -20,16 +19,12 @@ import keras
 import numpy as np
 import pytest
 
+from tests._support.network import free_port
+
 WORKER = pathlib.Path(__file__).with_name("_parity_worker.py")
 ROOT = pathlib.Path(__file__).parent.parent.parent
 METHODS = ("simclr", "mocov2", "byol", "dino", "dinov2")
 TIMEOUT = 300
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra):
@@ -42,7 +37,7 @@ def _env(**extra):
 def _run_worker(out_dir):
     backend = keras.backend.backend()
     if backend == "torch":
-        port = str(_free_port())
+        port = str(free_port())
         procs = []
         for rank in range(2):
             env = _env(

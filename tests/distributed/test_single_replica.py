@@ -1,7 +1,6 @@
 """The distributed pieces with one replica: identities, and batch norm unchanged."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import keras_ssl
 from keras_ssl.distributed import DataParallelEngine, SyncBatchNormalization
 from keras_ssl.distributed.sync_batchnorm import is_sync_batchnorm
 from keras_ssl.ops import distributed
+from tests._support.network import free_port
 
 
 def test_collectives_are_identities_on_one_replica():
@@ -114,9 +114,7 @@ def test_torch_process_group_is_destroyed_before_the_interpreter_exits():
     # the whole run. The engine destroys the group it started in an exit handler.
     if keras.backend.backend() != "torch":
         pytest.skip("about torch.distributed's process group; the torch suite runs it")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(
         os.environ,
         KERAS_BACKEND="torch",
