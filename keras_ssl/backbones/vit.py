@@ -78,6 +78,7 @@ from keras import ops
 from keras_ssl._xla_cpu import on_xla_cpu
 from keras_ssl.layers import fused_dense
 from keras_ssl.layers.exact_gelu import ExactGELU
+from keras_ssl.layers.layer_norm import LayerNormalization
 
 _LN_EPSILON = 1e-6
 _OUTPUTS = ("cls", "tokens")
@@ -602,7 +603,7 @@ def _build_layers(
             interpolation_antialias=interpolation_antialias,
             name="pos_embed",
         ),
-        "norm": keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm"),
+        "norm": LayerNormalization(epsilon=layer_norm_epsilon, name="norm"),
     }
     if use_mask_token:
         layers["mask_token"] = ViTMaskToken(hidden_dim, name="mask_token")
@@ -618,9 +619,7 @@ def _build_layers(
         fc1_units, act = hidden_mlp, ExactGELU
     for i in range(depth):
         p = f"blocks_{i}"
-        layers[f"{p}_norm1"] = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, name=f"{p}_norm1"
-        )
+        layers[f"{p}_norm1"] = LayerNormalization(epsilon=layer_norm_epsilon, name=f"{p}_norm1")
         layers[f"{p}_attn_qkv"] = fused_dense.Dense(
             3 * hidden_dim,
             use_bias=qkv_bias,
@@ -630,9 +629,7 @@ def _build_layers(
         layers[f"{p}_attn"] = ViTAttention(num_heads, name=f"{p}_attn")
         layers[f"{p}_attn_proj"] = _dense(hidden_dim, f"{p}_attn_proj")
         layers[f"{p}_add1"] = keras.layers.Add(name=f"{p}_add1")
-        layers[f"{p}_norm2"] = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, name=f"{p}_norm2"
-        )
+        layers[f"{p}_norm2"] = LayerNormalization(epsilon=layer_norm_epsilon, name=f"{p}_norm2")
         layers[f"{p}_mlp_fc1"] = _dense(fc1_units, f"{p}_mlp_fc1")
         layers[f"{p}_mlp_act"] = act(name=f"{p}_mlp_act")
         layers[f"{p}_mlp_fc2"] = _dense(hidden_dim, f"{p}_mlp_fc2")

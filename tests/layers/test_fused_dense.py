@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ssl.layers.fused_dense import Dense
 from tests._support.gradients import gradients
+from tests._support.weight_files import assert_weight_files_interchange
 
 
 def _pair(units=5, **kwargs):
@@ -72,15 +73,7 @@ def test_weight_files_interchange_with_keras_dense(tmp_path):
         inputs = keras.Input((4,))
         return keras.Model(inputs, dense(2)(dense(3)(inputs)))
 
-    rng = np.random.default_rng(3)
-    for source, target in ((Dense, keras.layers.Dense), (keras.layers.Dense, Dense)):
-        written, read = model(source), model(target)
-        written.set_weights([rng.normal(size=w.shape).astype("float32") for w in written.weights])
-        path = str(tmp_path / f"{source.__module__}.weights.h5")
-        written.save_weights(path)
-        read.load_weights(path)
-        for a, b in zip(written.weights, read.weights, strict=True):
-            np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    assert_weight_files_interchange(model, Dense, keras.layers.Dense, tmp_path, seed=3)
 
 
 def test_config_round_trip():
