@@ -17,10 +17,15 @@ def exact_gelu(x):
     `gelu` write `Phi` with `erfc` instead, which XLA expands into a branchy polynomial:
     forward + backward of an 8320 x 768 tensor takes 33 ms on JAX's CPU backend with
     it and 8 ms with `erf` (TensorFlow: 44 and 37 ms; 2-core CPU). There `erf` is used,
-    as torch does. In float32, `1 + erf` cancels for negative `x`, an absolute error of
-    a few ulp(1) times `|x|` (about `2e-7 * |x|`, as torch's own GELU). 16-bit inputs
-    are computed in float32 and rounded once (in bfloat16 the cancellation would cost
-    45% at `x = -3`); integer inputs become `keras.config.floatx()`.
+    as torch does. On TensorFlow the gradient is also written in closed form,
+    `Phi(x) + x * phi(x)` with `phi` the normal density, from the `Phi(x)` the forward
+    pass saves: TensorFlow's graph runs each op of its automatic differentiation as a
+    pass of its own (the same tensor, forward + backward inside one `tf.function`:
+    17.9 ms differentiated op by op, 14.0 ms in closed form). In float32, `1 + erf`
+    cancels for negative `x`, an absolute error of a few ulp(1) times `|x|` (about
+    `2e-7 * |x|`, as torch's own GELU). 16-bit inputs are computed in float32 and
+    rounded once (in bfloat16 the cancellation would cost 45% at `x = -3`); integer
+    inputs become `keras.config.floatx()`.
 
     Example:
 
@@ -37,8 +42,26 @@ def exact_gelu(x):
         return ops.gelu(x, approximate=False)  # computes 16-bit inputs in float32 itself
     if dtype in ("float16", "bfloat16"):
         x = ops.cast(x, "float32")
-    y = 0.5 * x * (1.0 + ops.erf(x * math.sqrt(0.5)))
+    if keras.backend.backend() == "tensorflow":
+        y = _gelu_with_closed_form_gradient(x)
+    else:
+        y = 0.5 * x * (1.0 + ops.erf(x * math.sqrt(0.5)))
     return ops.cast(y, dtype)
+
+
+@ops.custom_gradient
+def _gelu_with_closed_form_gradient(x):
+    """`x * Phi(x)` whose gradient is `Phi(x) + x * phi(x)` from the saved `Phi(x)`: one
+    fused expression instead of automatic differentiation through `erf` and the products
+    (TensorFlow's graph runs each op as its own pass over the tensor; XLA, on JAX, fuses
+    either form)."""
+    cdf = 0.5 * (1.0 + ops.erf(x * math.sqrt(0.5)))
+
+    def backward(dy):
+        density = ops.exp(-0.5 * ops.square(x)) * (1.0 / math.sqrt(2.0 * math.pi))
+        return dy * (cdf + x * density)
+
+    return x * cdf, backward
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
