@@ -49,19 +49,23 @@ def exact_gelu(x):
     return ops.cast(y, dtype)
 
 
-@ops.custom_gradient
 def _gelu_with_closed_form_gradient(x):
     """`x * Phi(x)` whose gradient is `Phi(x) + x * phi(x)` from the saved `Phi(x)`: one
     fused expression instead of automatic differentiation through `erf` and the products
     (TensorFlow's graph runs each op as its own pass over the tensor; XLA, on JAX, fuses
     either form)."""
-    cdf = 0.5 * (1.0 + ops.erf(x * math.sqrt(0.5)))
 
-    def backward(dy):
-        density = ops.exp(-0.5 * ops.square(x)) * (1.0 / math.sqrt(2.0 * math.pi))
-        return dy * (cdf + x * density)
+    @ops.custom_gradient
+    def forward(x):
+        cdf = 0.5 * (1.0 + ops.erf(x * math.sqrt(0.5)))
 
-    return x * cdf, backward
+        def backward(dy):
+            density = ops.exp(-0.5 * ops.square(x)) * (1.0 / math.sqrt(2.0 * math.pi))
+            return dy * (cdf + x * density)
+
+        return x * cdf, backward
+
+    return forward(x)
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")

@@ -5,23 +5,30 @@ import numpy as np
 from keras import ops
 
 
-def gradients(loss, *arrays):
+def gradients(loss, *arrays, compiled=False):
     """Gradients of the scalar `loss(*tensors)` w.r.t. each of the NumPy `arrays`, as
     float64 NumPy arrays (zeros for an input the loss does not use), computed by the
-    current backend's autodiff."""
+    current backend's autodiff; `compiled=True` differentiates inside a `tf.function`
+    on TensorFlow and under `jax.jit` on JAX, as a compiled train step does (PyTorch's
+    step is eager)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        tensors = [tf.constant(a) for a in arrays]
-        with tf.GradientTape() as tape:
-            tape.watch(tensors)
-            value = loss(*tensors)
-        grads = tape.gradient(value, tensors)
+        def tape_gradients(*tensors):
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                value = loss(*tensors)
+            return tape.gradient(value, list(tensors))
+
+        if compiled:
+            tape_gradients = tf.function(tape_gradients)
+        grads = tape_gradients(*[tf.constant(a) for a in arrays])
     elif backend == "jax":
         import jax
 
-        grads = jax.grad(loss, argnums=tuple(range(len(arrays))))(*arrays)
+        grad_fn = jax.grad(loss, argnums=tuple(range(len(arrays))))
+        grads = (jax.jit(grad_fn) if compiled else grad_fn)(*arrays)
     else:
         import torch
 

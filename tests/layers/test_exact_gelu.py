@@ -24,13 +24,14 @@ def _reference(x):
     return x * _phi(x), _phi(x) + x * density
 
 
-def test_matches_the_erf_formula_and_its_derivative():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_matches_the_erf_formula_and_its_derivative(compiled):
     value, derivative = _reference(X)
     error = np.abs(ops.convert_to_numpy(exact_gelu(X)) - value)
     # float32's 1 + erf(x / sqrt(2)) cancels for x < 0: an absolute error of a few ulp(1) * |x|
     # (torch's own GELU included); the tanh approximation would be off by up to 5e-4.
     assert np.all(error <= 3e-7 * np.maximum(np.abs(X), 1.0)), error.max()
-    (grad,) = gradients(lambda x: ops.sum(exact_gelu(x)), X)
+    (grad,) = gradients(lambda x: ops.sum(exact_gelu(x)), X, compiled=compiled)
     np.testing.assert_allclose(grad, derivative, rtol=1e-5, atol=1e-6)
 
 

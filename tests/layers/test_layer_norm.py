@@ -38,7 +38,8 @@ def test_equals_numpy_and_keras_layer_norm(shape):
     np.testing.assert_allclose(got, ops.convert_to_numpy(theirs(x)), atol=1e-5)
 
 
-def test_gradients_equal_finite_differences_and_keras_autodiff():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gradients_equal_finite_differences_and_keras_autodiff(compiled):
     # L = sum(y * R); central differences of the float64 NumPy forward are the reference.
     shape = (2, 3, 5)
     ours, theirs = _pair(shape)
@@ -70,7 +71,7 @@ def test_gradients_equal_finite_differences_and_keras_autodiff():
 
         return loss
 
-    got = gradients(loss_of(ours), x, gamma, beta)
+    got = gradients(loss_of(ours), x, gamma, beta, compiled=compiled)
     keras_autodiff = gradients(loss_of(theirs), x, gamma, beta)
     for ours_grad, reference, keras_grad in zip(got, expected, keras_autodiff, strict=True):
         np.testing.assert_allclose(ours_grad, reference, rtol=1e-4, atol=1e-4)
@@ -81,15 +82,33 @@ def test_mixed_precision_normalises_in_float32():
     shape = (4, 16)
     ours, theirs = _pair(shape, dtype="mixed_bfloat16")
     x = (np.random.default_rng(3).normal(size=shape) * 4 + 100).astype("float32")
-    y = ours(x)
+    x16 = ops.cast(x, "bfloat16")
+    y = ours(x16)
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
     gamma, beta = (w.astype(np.float64) for w in ours.get_weights())
     # Normalised in float32 (in bfloat16, x - mean would keep 2 of the 8 bits at a mean of
     # 100 and a spread of 4): only the output's own rounding to 8 bits remains.
+    rounded = ops.convert_to_numpy(ops.cast(x16, "float32")).astype(np.float64)
     y = ops.convert_to_numpy(ops.cast(y, "float32"))
-    expected = _numpy_layer_norm(x.astype(np.float64), gamma, beta)
-    np.testing.assert_allclose(y, expected, rtol=8e-3, atol=1e-2)
-    np.testing.assert_allclose(y, ops.convert_to_numpy(ops.cast(theirs(x), "float32")), atol=2e-2)
+    np.testing.assert_allclose(y, _numpy_layer_norm(rounded, gamma, beta), rtol=8e-3, atol=1e-2)
+    np.testing.assert_array_equal(y, ops.convert_to_numpy(ops.cast(theirs(x16), "float32")))
+
+    r = np.random.default_rng(6).normal(size=shape).astype("float32")
+
+    def loss_of(layer):
+        def loss(x, gamma, beta):
+            mapping = [(layer.gamma, gamma), (layer.beta, beta)]
+            with keras.StatelessScope(state_mapping=mapping):
+                y = ops.cast(layer(ops.cast(x, "bfloat16")), "float32")
+                return ops.sum(y * ops.convert_to_tensor(r))
+
+        return loss
+
+    weights = ours.get_weights()
+    got = gradients(loss_of(ours), x, *weights)
+    for ours_grad, keras_grad in zip(got, gradients(loss_of(theirs), x, *weights), strict=True):
+        assert np.all(np.isfinite(ours_grad))
+        np.testing.assert_allclose(ours_grad, keras_grad, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("kwargs", [{"axis": [1, 2]}, {"center": False}, {"scale": False}])
