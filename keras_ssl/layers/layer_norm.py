@@ -48,11 +48,11 @@ class LayerNormalization(keras.layers.LayerNormalization):
     tensor ran in 9.0 ms on TensorFlow and 6.0 ms on JAX with it, 6.4 and 3.7 ms with the
     closed form (2-core CPU). PyTorch keeps Keras's path, which is torch's own fused
     kernel. 16-bit inputs are normalised in float32 and the result is rounded back to the
-    input's dtype, then cast to the layer's compute dtype, as Keras does. On JAX the closed
-    form is a custom VJP: forward-mode differentiation (`jax.jvp`) through it is
-    unsupported. Other axes, `rms_scaling`, and layers
-    without both `center` and `scale` take Keras's own path. It keeps Keras's class
-    name, so weight files key it as Keras keys its own layer.
+    input's dtype, then cast to the layer's compute dtype, as Keras does. On JAX the
+    closed form is a custom VJP: forward-mode differentiation (`jax.jvp`) through it is
+    unsupported. Other axes, `rms_scaling`, and layers without both `center` and `scale`
+    take Keras's own path. It keeps Keras's class name, so weight files key it as Keras
+    keys its own layer.
 
     Example:
 
