@@ -28,6 +28,18 @@ def _numpy_layer_norm(x, gamma, beta):
     return (x - mean) / np.sqrt(var + EPSILON) * gamma + beta
 
 
+def _weighted_sum(layer, r, input_dtype="float32"):
+    """`L(x, gamma, beta) = sum(layer(x) * r)`, the layer's weights taken as inputs and `x`
+    cast to `input_dtype` on the way in."""
+
+    def loss(x, gamma, beta):
+        with keras.StatelessScope(state_mapping=[(layer.gamma, gamma), (layer.beta, beta)]):
+            y = ops.cast(layer(ops.cast(x, input_dtype)), "float32")
+            return ops.sum(y * ops.convert_to_tensor(r, "float32"))
+
+    return loss
+
+
 @pytest.mark.parametrize("shape", [(3, 5), (2, 4, 6), (2, 1, 3, 8)])
 def test_equals_numpy_and_keras_layer_norm(shape):
     ours, theirs = _pair(shape)
@@ -63,16 +75,8 @@ def test_gradients_equal_finite_differences_and_keras_autodiff(compiled):
             grad[index] = (numpy_loss(*plus) - numpy_loss(*minus)) / 2e-6
         expected.append(grad)
 
-    def loss_of(layer):
-        def loss(x, gamma, beta):
-            mapping = [(layer.gamma, gamma), (layer.beta, beta)]
-            with keras.StatelessScope(state_mapping=mapping):
-                return ops.sum(layer(x) * ops.convert_to_tensor(r, "float32"))
-
-        return loss
-
-    got = gradients(loss_of(ours), x, gamma, beta, compiled=compiled)
-    keras_autodiff = gradients(loss_of(theirs), x, gamma, beta)
+    got = gradients(_weighted_sum(ours, r), x, gamma, beta, compiled=compiled)
+    keras_autodiff = gradients(_weighted_sum(theirs, r), x, gamma, beta)
     for ours_grad, reference, keras_grad in zip(got, expected, keras_autodiff, strict=True):
         np.testing.assert_allclose(ours_grad, reference, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(ours_grad, keras_grad, rtol=1e-4, atol=1e-5)
@@ -95,18 +99,10 @@ def test_mixed_precision_normalises_in_float32():
 
     r = np.random.default_rng(6).normal(size=shape).astype("float32")
 
-    def loss_of(layer):
-        def loss(x, gamma, beta):
-            mapping = [(layer.gamma, gamma), (layer.beta, beta)]
-            with keras.StatelessScope(state_mapping=mapping):
-                y = ops.cast(layer(ops.cast(x, "bfloat16")), "float32")
-                return ops.sum(y * ops.convert_to_tensor(r))
-
-        return loss
-
     weights = ours.get_weights()
-    got = gradients(loss_of(ours), x, *weights)
-    for ours_grad, keras_grad in zip(got, gradients(loss_of(theirs), x, *weights), strict=True):
+    got = gradients(_weighted_sum(ours, r, "bfloat16"), x, *weights)
+    keras_autodiff = gradients(_weighted_sum(theirs, r, "bfloat16"), x, *weights)
+    for ours_grad, keras_grad in zip(got, keras_autodiff, strict=True):
         assert np.all(np.isfinite(ours_grad))
         np.testing.assert_allclose(ours_grad, keras_grad, rtol=2e-2, atol=2e-2)
 
