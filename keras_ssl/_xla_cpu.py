@@ -70,6 +70,22 @@ def on_xla_cpu():
     return keras.backend.backend() == "jax" and _default_backend() == "cpu"
 
 
+def sum_over_rows(x):
+    """`ops.sum(x, axis=0)`. On XLA:CPU, for floating `x` of rank 2 or more, computed as a
+    product with a row of ones: XLA:CPU reduces over a leading axis at 100-150 M elements/s
+    (DINO's centre, the batch mean of 128 x 65,536 teacher logits: 58 ms, against 1.0 ms as
+    a product; the DINO head's column norms of its 256 x 65,536 prototypes likewise)."""
+    from keras import ops
+
+    x = ops.convert_to_tensor(x)
+    dtype = str(x.dtype)
+    if len(x.shape) < 2 or "float" not in dtype or not on_xla_cpu():
+        return ops.sum(x, axis=0)
+    rows = ops.reshape(x, (x.shape[0], -1))
+    total = ops.matmul(ops.ones((1, x.shape[0]), dtype), rows)
+    return ops.reshape(total, x.shape[1:])
+
+
 def _default_backend():
     try:
         import jax

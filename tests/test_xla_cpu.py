@@ -65,3 +65,28 @@ def test_import_sets_it_on_jax_when_measured():
     if os.environ.get("KERAS_SSL_XLA_CPU_DEFAULTS") == "0":
         pytest.skip("opted out")
     assert _xla_cpu.FLAG in os.environ.get("XLA_FLAGS", "")
+
+
+@pytest.mark.parametrize("shape", [(6,), (7, 3), (5, 4, 3)])
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_sum_over_rows_is_the_sum_over_axis_0(shape, dtype):
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=shape) * 10
+    x = x.astype(dtype)
+    got = keras.ops.convert_to_numpy(_xla_cpu.sum_over_rows(x))
+    assert got.shape == shape[1:]
+    assert str(got.dtype) == dtype
+    np.testing.assert_allclose(got, x.sum(axis=0, dtype=dtype), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the product form is XLA:CPU's")
+def test_sum_over_rows_is_a_product_with_ones_on_xla_cpu():
+    import jax
+    import numpy as np
+
+    program = str(jax.make_jaxpr(_xla_cpu.sum_over_rows)(np.ones((4, 3), "float32")))
+    if jax.default_backend() == "cpu":
+        assert "dot_general" in program and "reduce_sum" not in program
+    else:
+        assert "reduce_sum" in program

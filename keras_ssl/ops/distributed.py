@@ -28,6 +28,8 @@ of averaging, are the 1/W and W bugs met in other libraries.)
 import keras
 from keras import ops
 
+from keras_ssl._xla_cpu import sum_over_rows
+
 _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
     from keras_ssl.distributed import _tensorflow as _impl
@@ -113,9 +115,11 @@ def global_batch_mean(x, axis=0):
     >>> [float(v) for v in global_batch_mean(np.array([[1.0, 2.0], [3.0, 4.0]]))]
     [2.0, 3.0]
     """
-    if world_size() == 1:
-        return ops.mean(x, axis=axis)
     x = ops.convert_to_tensor(x)
+    if world_size() == 1:
+        if axis == 0:  # on XLA:CPU a product with ones, much faster (see `sum_over_rows`)
+            return sum_over_rows(x) / ops.cast(ops.shape(x)[0], x.dtype)
+        return ops.mean(x, axis=axis)
     local_sum = ops.sum(x, axis=axis)
     shape = tuple(local_sum.shape)
     count = ops.ones((1,), x.dtype) * ops.cast(ops.shape(x)[axis], x.dtype)
