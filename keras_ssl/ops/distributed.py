@@ -106,7 +106,8 @@ def global_batch_mean(x, axis=0):
     """Mean of `x` over `axis` of the global batch (the shards may differ in size).
 
     `sum over replicas of the local sums / sum over replicas of the local counts`;
-    the plain `ops.mean(x, axis)` with one replica. Differentiable.
+    the local mean with one replica (over axis 0 on XLA:CPU, a product with ones).
+    Differentiable.
 
     Example:
 
