@@ -79,7 +79,7 @@ def sum_over_rows(x):
 
     x = ops.convert_to_tensor(x)
     dtype = str(x.dtype)
-    if len(x.shape) < 2 or "float" not in dtype or not on_xla_cpu():
+    if not on_xla_cpu() or "float" not in dtype or len(x.shape) < 2 or None in x.shape:
         return ops.sum(x, axis=0)
     rows = ops.reshape(x, (x.shape[0], -1))
     total = ops.matmul(ops.ones((1, x.shape[0]), dtype), rows)

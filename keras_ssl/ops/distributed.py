@@ -11,9 +11,9 @@ in `keras_ssl/distributed/_<backend>.py`:
 - JAX: Keras's `DataParallel` jits one program over the global batch, so the code
   already sees every sample; `world_size()` is 1 and every collective is the identity.
 
-With one replica every function returns its input unchanged (a Python-level check,
+With one replica every collective returns its input unchanged (a Python-level check,
 no op is added), so single-device training runs exactly the code it runs without
-this module.
+this module; `global_batch_mean` is then the local mean.
 
 Gradient convention (the contract the trainer relies on). Replica `r` computes the
 mean loss `L_r` of its own samples, using the gathered tensors of all replicas; the
@@ -28,7 +28,7 @@ of averaging, are the 1/W and W bugs met in other libraries.)
 import keras
 from keras import ops
 
-from keras_ssl._xla_cpu import sum_over_rows
+from keras_ssl._xla_cpu import on_xla_cpu, sum_over_rows
 
 _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
@@ -118,7 +118,8 @@ def global_batch_mean(x, axis=0):
     """
     x = ops.convert_to_tensor(x)
     if world_size() == 1:
-        if axis == 0:  # on XLA:CPU a product with ones, much faster (see `sum_over_rows`)
+        if axis == 0 and str(x.dtype) == "float32" and on_xla_cpu():
+            # A product with ones, much faster there (see `sum_over_rows`).
             return sum_over_rows(x) / ops.cast(ops.shape(x)[0], x.dtype)
         return ops.mean(x, axis=axis)
     local_sum = ops.sum(x, axis=axis)

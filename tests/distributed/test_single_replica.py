@@ -130,3 +130,19 @@ def test_torch_process_group_is_destroyed_before_the_interpreter_exits():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "num_replicas=1" in result.stdout, result.stdout
     assert "group alive at exit: False" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int32", "bool"])
+def test_global_batch_mean_on_one_replica_is_ops_mean(dtype):
+    # 257 rows: a count that bfloat16 cannot hold exactly.
+    x = np.random.default_rng(0).normal(size=(257, 5)) * 3
+    x = ops.convert_to_tensor(x > 0 if dtype == "bool" else x.astype("float32"))
+    x = ops.cast(x, dtype)
+    got = distributed.global_batch_mean(x)
+    want = ops.mean(x, axis=0)
+    assert str(got.dtype) == str(want.dtype)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ops.cast(got, "float32")),
+        ops.convert_to_numpy(ops.cast(want, "float32")),
+        rtol=1e-6 if dtype == "float32" else 1e-2,
+    )
