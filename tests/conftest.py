@@ -7,8 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # suite's time: tests/methods took 112 s, and 25 s with every program already in a persistent
 # compilation cache. On these tiny models LLVM's optimisation passes cost more compile time
 # than they save at run time: without its expensive passes and at optimisation level 0,
-# tests/methods takes 65 s (the whole JAX suite 667 s). Subprocesses that the tests start
-# inherit the flags; users' programs keep XLA's defaults.
+# tests/methods takes 65 s (the whole JAX suite 667-867 s, against 740-1035 s before, on a
+# machine whose pace drifts). Subprocesses that the tests start inherit the flags; users'
+# programs keep XLA's defaults.
 _FAST_COMPILE = ("--xla_llvm_disable_expensive_passes=true", "--xla_backend_optimization_level=0")
 _xla_flags = os.environ.get("XLA_FLAGS", "")
 if os.environ.get("KERAS_BACKEND") == "jax":
