@@ -143,3 +143,17 @@ def test_views_are_the_same_on_both_sides():
     assert [v.shape for v in first] == [(2, 8, 8, 3)] * 2 + [(2, 4, 4, 3)] * 3
     assert all((a == b).all() for a, b in zip(first, second, strict=True))
     assert common.feature_dim("resnet50") == 2048 and common.feature_dim("vit_small") == 384
+
+
+def test_device_names_match_the_device_option(monkeypatch):
+    # `--device cuda` is compared with what each backend says it computes on; JAX names its
+    # CUDA devices "gpu" (on an H200 this check failed every JAX worker).
+    tool = _load_tool()
+    jax = pytest.importorskip("jax")
+    assert tool.keras_device("jax") == "cpu"
+
+    class Device:
+        platform = "gpu"
+
+    monkeypatch.setattr(jax, "devices", lambda *args: [Device()])
+    assert tool.keras_device("jax") == "cuda"

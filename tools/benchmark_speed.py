@@ -440,7 +440,8 @@ def keras_device(backend):
     if backend == "jax":
         import jax
 
-        return jax.devices()[0].platform
+        platform = jax.devices()[0].platform
+        return "cuda" if platform == "gpu" else platform  # JAX names CUDA devices "gpu"
     if backend == "tensorflow":
         import tensorflow as tf
 

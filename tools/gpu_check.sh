@@ -3,13 +3,16 @@
 # ImageNet-like sizes: SimCLR, MoCo-v2 and BYOL on ResNet-50 at 224 px (batch 128), DINO
 # on ViT-S/16 (2 x 224 px + 4 x 96 px local crops, batch 64). Writes the table to
 # $OUT_DIR/speed.md (+ speed.json, workers/*.log), one entry at a time, so whatever
-# finished before the time limit is there.
+# finished before the time limit is there. SimCLR and DINO run first (one ResNet-50 and
+# one ViT-S/16 method), then MoCo-v2 and BYOL as the budget allows: on an H200 XLA's first
+# step (compilation with autotuning) took 83-89 s per ResNet-50 method.
 #
 # For GPU machines only; CI never runs it (it is no test and installs CUDA builds).
 #
 #     bash tools/gpu_check.sh                       # from the repository root
 #     OUT_DIR=gpu_speed BUDGET_S=470 bash tools/gpu_check.sh
 #     WHEELS_DIR=.whl bash tools/gpu_check.sh       # offline: install from wheels there
+#     ONLY_BACKENDS=jax bash tools/gpu_check.sh     # a subset of the backends it finds
 #
 # What it installs, into the Python that runs it ($PYTHON, default python3), only what is
 # missing: keras, keras_ssl (this checkout, editable, no deps), lightly 1.6.0, timm, and
@@ -79,6 +82,13 @@ else
   echo "gpu_check: no CUDA tensorflow: the tensorflow backend is left out." >&2
 fi
 BACKENDS=${BACKENDS#,}
+if [ -n "${ONLY_BACKENDS:-}" ]; then  # e.g. ONLY_BACKENDS=jax: time a subset of those found
+  kept=""
+  for b in ${ONLY_BACKENDS//,/ }; do
+    case ",$BACKENDS," in *",$b,"*) kept="$kept,$b" ;; esac
+  done
+  BACKENDS=${kept#,}
+fi
 if [ -z "$BACKENDS" ]; then
   echo "gpu_check: no Keras backend sees the GPU; nothing to time." >&2
   exit 1
@@ -101,14 +111,17 @@ run() {  # run ENTRY ARGS...: one benchmark entry inside what is left of the bud
 }
 
 # ResNet-50 at 224 px, the ImageNet recipes' sizes; one DINO on ViT-S/16 with multi-crop.
-run simclr,mocov2,byol --backbone resnet50 --image-size 224 --batch-size 128
+RESNET=(--backbone resnet50 --image-size 224 --batch-size 128)
+run simclr "${RESNET[@]}"
 run dino_vit --vit vit_small --patch-size 16 --image-size 224 --local-size 96 \
   --local-crops 4 --dino-batch-size 64
+run mocov2,byol "${RESNET[@]}"
 
 {
   echo "# GPU speed check ($(head -n1 "$OUT_DIR/gpu.txt"))"
   echo
-  for part in "$OUT_DIR"/simclr,mocov2,byol/speed.md "$OUT_DIR"/dino_vit/speed.md; do
+  for part in simclr dino_vit mocov2,byol; do
+    part="$OUT_DIR/$part/speed.md"
     [ -f "$part" ] && cat "$part" && echo
   done
   [ -f "$OUT_DIR/skipped.txt" ] && cat "$OUT_DIR/skipped.txt"
