@@ -1,5 +1,5 @@
 """In-place updates of many variables at once, for the after-step of EMA teachers and
-decoupled weight decay.
+decoupled weight decay, and per-tensor gradient clipping over many tensors at once.
 
 On PyTorch, eagerly, each update is one `torch._foreach_*` call per dtype, as `torch.optim`
 and Keras's own PyTorch optimizers update weights. On the CPU that is one pass over each
@@ -81,3 +81,46 @@ def _scale(variables, factor):
             groups.setdefault(variable.value.dtype, []).append(variable.value)
         for dtype, values in groups.items():
             torch._foreach_mul_(values, ops.cast(factor, dtype))
+
+
+def clip_each_by_norm(tensors, clip_norm):
+    """Each tensor `g` as `g * c / max(||g||_2, c)`: unchanged where its L2 norm is at most
+    `c = clip_norm`, scaled down to norm `c` where it is larger. This is Keras's optimizer
+    `clipnorm` and DINO's per-parameter gradient clipping (Caron et al., 2021). `None`
+    entries pass through; a zero tensor stays zero, a non-finite norm gives NaN (as Keras).
+
+    On PyTorch the norms are one `torch._foreach_norm` and the scaling one
+    `torch._foreach_mul` per dtype, with `c` a Python float throughout: no value goes
+    between host and device, where Keras's own clipping turns `c` into a tensor twice
+    per variable (on CUDA each is a copy that waits for the device).
+
+    Args:
+        tensors: list of tensors (gradients) or `None`.
+        clip_norm: positive float.
+
+    Returns:
+        A new list of the clipped tensors (the inputs are left as they were).
+    """
+    present = [i for i, t in enumerate(tensors) if t is not None]
+    clipped = list(tensors)
+    if keras.backend.backend() != "torch":
+        for i in present:
+            g = ops.convert_to_tensor(tensors[i])
+            norm = ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32"))))
+            clipped[i] = g * ops.cast(clip_norm / ops.maximum(norm, clip_norm), g.dtype)
+        return clipped
+    import torch
+
+    with torch.no_grad():
+        groups = {}
+        for i in present:
+            g = ops.convert_to_tensor(tensors[i])
+            groups.setdefault((g.device, g.dtype), ([], []))
+            groups[(g.device, g.dtype)][0].append(i)
+            groups[(g.device, g.dtype)][1].append(g)
+        for (_, dtype), (indices, group) in groups.items():
+            norms = torch.stack(torch._foreach_norm(group)).float()
+            scales = (clip_norm / torch.clamp(norms, min=clip_norm)).to(dtype)
+            for i, g in zip(indices, torch._foreach_mul(group, list(scales.unbind())), strict=True):
+                clipped[i] = g
+    return clipped
