@@ -90,14 +90,13 @@ def test_config_round_trip():
 
 def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch(monkeypatch):
     seen = []
-    original = keras.layers.Conv2D.convolution_op
+    original = small_map_conv._torch_conv2d
 
-    def spy(self, inputs, kernel):
-        if keras.backend.backend() == "torch":
-            seen.append((tuple(inputs.shape), inputs.is_contiguous()))
-        return original(self, inputs, kernel)
+    def spy(inputs, kernel, strides, padding):
+        seen.append((tuple(inputs.shape), inputs.is_contiguous()))
+        return original(inputs, kernel, strides, padding)
 
-    monkeypatch.setattr(keras.layers.Conv2D, "convolution_op", spy)
+    monkeypatch.setattr(small_map_conv, "_torch_conv2d", spy)
     rng = np.random.default_rng(1)
     layer = Conv2D(4, 3, padding="same", data_format="channels_first")
     reference = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first")
@@ -114,7 +113,77 @@ def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch
         )
     if keras.backend.backend() == "torch":
         # Only the 4x4 map (16 pixels) is made contiguous; the 8x8 keeps its memory.
-        assert seen[::2] == [
-            ((2, 3, 4, 4), True),
-            ((2, 3, 8, 8), False),
-        ]
+        assert seen == [((2, 3, 4, 4), True), ((2, 3, 8, 8), False)]
+    else:
+        assert seen == []
+
+
+def _strided_reference(x, kernel, dy, stride):
+    """ "valid" convolution with `stride` of NHWC `x`, and its input and kernel gradients
+    for the upstream gradient `dy`, from the definition, in float64 NumPy."""
+    x, kernel, dy = (a.astype(np.float64) for a in (x, kernel, dy))
+    k = kernel.shape[0]
+    n, h, w, _ = x.shape
+    out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
+    y = np.zeros((n, out_h, out_w, kernel.shape[-1]))
+    dx = np.zeros_like(x)
+    d_kernel = np.zeros_like(kernel)
+    rows = slice(0, stride * (out_h - 1) + 1, stride)
+    for a in range(k):
+        for b in range(k):
+            window = x[:, a:, b:, :][:, rows, slice(0, stride * (out_w - 1) + 1, stride), :]
+            y += np.einsum("nhwc,co->nhwo", window, kernel[a, b])
+            d_kernel[a, b] = np.einsum("nhwc,nhwo->co", window, dy)
+            dx[:, a:, b:, :][:, rows, slice(0, stride * (out_w - 1) + 1, stride), :] += np.einsum(
+                "nhwo,co->nhwc", dy, kernel[a, b]
+            )
+    return y, dx, d_kernel
+
+
+# (N, H, W, C), kernel size, stride, padding: maps above and at most 16 pixels.
+CHANNELS_FIRST_CASES = [
+    ((2, 6, 6, 3), 3, 1, "same"),
+    ((2, 4, 4, 3), 3, 1, "same"),
+    ((2, 7, 6, 3), 3, 2, "valid"),
+    ((2, 7, 5, 4), 1, 2, "valid"),
+    ((1, 11, 9, 2), 7, 2, "valid"),
+    ((2, 5, 5, 3), 1, 1, "valid"),
+]
+
+
+@pytest.mark.parametrize("layout", ["channels_last_memory", "contiguous"])
+@pytest.mark.parametrize("shape,size,stride,padding", CHANNELS_FIRST_CASES)
+def test_channels_first_convolution_matches_numpy(shape, size, stride, padding, layout):
+    # On torch: (N, C, H, W) inputs in either memory layout, with the weight laid out as the
+    # inputs are (`_torch_conv2d`); elsewhere Keras's own convolution.
+    rng = np.random.default_rng(sum(shape) + size + stride)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(size, size, shape[-1], 5)).astype("float32")
+    pad = size // 2 if padding == "same" else 0
+    x_padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h, out_w = ((d + 2 * pad - size) // stride + 1 for d in shape[1:3])
+    dy = rng.normal(size=(shape[0], out_h, out_w, 5)).astype("float32")
+    y, dx_padded, d_kernel = _strided_reference(x_padded, kernel, dy, stride)
+    dx = dx_padded[:, pad : pad + shape[1], pad : pad + shape[2], :]
+    layer = Conv2D(5, size, strides=stride, padding=padding, data_format="channels_first")
+    layer.build((None, shape[-1], None, None))
+    upstream = ops.convert_to_tensor(dy.transpose(0, 3, 1, 2))
+
+    def convolve(x, kernel):
+        if layout == "channels_last_memory":
+            x = ops.transpose(x, (0, 3, 1, 2))  # on torch a view: channels-last memory
+        return layer.convolution_op(x, kernel)
+
+    def loss(x, kernel):
+        return ops.sum(convolve(x, kernel) * upstream)
+
+    inputs = (
+        x if layout == "channels_last_memory" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    )
+    value = ops.convert_to_numpy(convolve(ops.convert_to_tensor(inputs), kernel))
+    np.testing.assert_allclose(value.transpose(0, 2, 3, 1), y, rtol=1e-4, atol=1e-4)
+    got_dx, got_d_kernel = gradients(loss, inputs, kernel)
+    if layout == "contiguous":
+        got_dx = got_dx.transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got_dx, dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got_d_kernel, d_kernel, rtol=1e-4, atol=1e-4)
