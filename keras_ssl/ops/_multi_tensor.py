@@ -115,9 +115,9 @@ def clip_each_by_norm(tensors, clip_norm):
         groups = {}
         for i in present:
             g = ops.convert_to_tensor(tensors[i])
-            groups.setdefault((g.device, g.dtype), ([], []))
-            groups[(g.device, g.dtype)][0].append(i)
-            groups[(g.device, g.dtype)][1].append(g)
+            indices, group = groups.setdefault((g.device, g.dtype), ([], []))
+            indices.append(i)
+            group.append(g)
         for (_, dtype), (indices, group) in groups.items():
             norms = torch.stack(torch._foreach_norm(group)).float()
             scales = (clip_norm / torch.clamp(norms, min=clip_norm)).to(dtype)
