@@ -93,9 +93,9 @@ class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if self._as_matmul(inputs):
             return conv2d_as_matmul(inputs, kernel)
+        if self._as_contiguous_nchw(inputs):
+            inputs = inputs.contiguous()
         if self._torch_conv(inputs):
-            if self._as_contiguous_nchw(inputs):
-                inputs = inputs.contiguous()
             return _torch_conv2d(inputs, kernel, self.strides, self.padding)
         return super().convolution_op(inputs, kernel)
 
