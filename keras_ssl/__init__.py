@@ -9,6 +9,10 @@ if _keras.backend.backend() == "jax":
     from keras_ssl import _xla_cpu
 
     _xla_cpu.configure()
+elif _keras.backend.backend() == "torch":
+    from keras_ssl import _torch_tree
+
+    _torch_tree.patch()
 
 from keras_ssl import (
     augment,
