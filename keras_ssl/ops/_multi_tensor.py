@@ -1,5 +1,6 @@
 """In-place updates of many variables at once, for the after-step of EMA teachers and
-decoupled weight decay, and per-tensor gradient clipping over many tensors at once.
+decoupled weight decay and for batch norm's moving averages, and per-tensor gradient clipping
+over many tensors at once.
 
 On PyTorch, eagerly, each update is one `torch._foreach_*` call per dtype, as `torch.optim`
 and Keras's own PyTorch optimizers update weights. On the CPU that is one pass over each
@@ -64,8 +65,13 @@ def _lerp(targets, sources, weight):
             values.append(value)
             group_sources.append(ops.convert_to_tensor(source).detach().to(value.dtype))
         for dtype, (values, group_sources) in groups.items():
-            w = ops.cast(weight, dtype)
-            torch._foreach_lerp_(values, group_sources, [w] * len(values))
+            if isinstance(weight, (int, float)) and dtype in (torch.float32, torch.float64):
+                # A Python number is used as is: torch rounds it to these dtypes exactly as a
+                # cast would, and no number becomes a tensor (a host-to-device copy on CUDA).
+                torch._foreach_lerp_(values, group_sources, float(weight))
+            else:
+                w = ops.cast(weight, dtype)
+                torch._foreach_lerp_(values, group_sources, [w] * len(values))
 
 
 def _scale(variables, factor):

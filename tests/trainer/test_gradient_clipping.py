@@ -9,6 +9,7 @@ from keras import ops
 
 import keras_ssl
 from keras_ssl.backbones import ConvNet
+from tests._support.torch_counting import count_numbers_made_tensors
 from tests._support.views import blocky_views
 
 
@@ -39,7 +40,6 @@ def test_each_gradient_is_clipped_to_the_clip_norm():
 def test_torch_clipping_makes_no_host_copies_per_variable():
     if keras.backend.backend() != "torch":
         pytest.skip("about PyTorch's eager step (on CUDA each such copy waits for the device)")
-    import torch
 
     def python_numbers_made_tensors(clipnorm):
         keras.utils.set_random_seed(0)
@@ -47,18 +47,8 @@ def test_torch_clipping_makes_no_host_copies_per_variable():
         model.compile(optimizer=keras.optimizers.SGD(0.1, clipnorm=clipnorm))
         views = blocky_views(8)
         model.train_on_batch(views)
-        count = [0]
-        as_tensor = torch.as_tensor
-
-        def counting(data, *args, **kwargs):
-            count[0] += isinstance(data, (float, int))
-            return as_tensor(data, *args, **kwargs)
-
-        torch.as_tensor = counting
-        try:
+        with count_numbers_made_tensors() as count:
             model.train_on_batch(views)
-        finally:
-            torch.as_tensor = as_tensor
         return count[0], len(model.trainable_variables)
 
     unclipped, variables = python_numbers_made_tensors(None)
