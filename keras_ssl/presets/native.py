@@ -1,6 +1,8 @@
 """Keras-native presets: a directory with ``config.json``, ``model.weights.h5`` and
 ``metadata.json`` (plus ``preprocessing.json`` and, for a compiled method model, the
-optimizer's config and variables so pretraining can continue)."""
+optimizer's config and variables so pretraining can continue). ``metadata.json`` records
+the sha256 of the weight files, checked at load: HDF5 has no checksums of its own, so a
+flipped bit in a weight would otherwise load silently."""
 
 import datetime
 import json
@@ -11,7 +13,13 @@ import keras
 import numpy as np
 
 from keras_ssl.presets.errors import PresetError
-from keras_ssl.presets.sources import HF_PREFIX, LocalSource, parse_hf_handle
+from keras_ssl.presets.sources import (
+    HF_PREFIX,
+    LocalSource,
+    parse_hf_handle,
+    sha256_of,
+    verify_sha256,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -19,6 +27,13 @@ METADATA_FILE = "metadata.json"
 PREPROCESSING_FILE = "preprocessing.json"
 OPTIMIZER_CONFIG_FILE = "optimizer.json"
 OPTIMIZER_WEIGHTS_FILE = "optimizer.weights.h5"
+_HASHED_FILES = (WEIGHTS_FILE, OPTIMIZER_WEIGHTS_FILE)
+_DAMAGE_ADVICE = (
+    "The file is corrupt or truncated, or was replaced after save_to_preset recorded its hash "
+    "in metadata.json. Copy or download the preset again (an hf:// preset: "
+    "force_download=True); if you changed the weights on purpose, save the model with "
+    "keras_ssl.save_to_preset, which records the new hash."
+)
 
 
 def _version():
@@ -118,11 +133,10 @@ def save_to_preset(model, preset_dir, metadata=None, preprocessing=None):
     info.update(metadata or {})
     config = keras.saving.serialize_keras_object(model)
     config_text = _to_json(config, "The model config")
-    metadata_text = _to_json(info, "metadata")
     if preprocessing is not None and not isinstance(preprocessing, dict):
         preprocessing = keras.saving.serialize_keras_object(preprocessing)
+    _to_json(info, "metadata")  # fails before anything is written
     (preset_dir / CONFIG_FILE).write_text(config_text, encoding="utf-8")
-    (preset_dir / METADATA_FILE).write_text(metadata_text, encoding="utf-8")
     if preprocessing is not None:
         text = _to_json(preprocessing, "preprocessing")
         (preset_dir / PREPROCESSING_FILE).write_text(text, encoding="utf-8")
@@ -133,6 +147,10 @@ def save_to_preset(model, preset_dir, metadata=None, preprocessing=None):
     else:
         for name in (OPTIMIZER_CONFIG_FILE, OPTIMIZER_WEIGHTS_FILE):
             (preset_dir / name).unlink(missing_ok=True)
+    info["sha256"] = {
+        name: sha256_of(preset_dir / name) for name in _HASHED_FILES if (preset_dir / name).exists()
+    }
+    (preset_dir / METADATA_FILE).write_text(_to_json(info, "metadata"), encoding="utf-8")
     return preset_dir
 
 
@@ -154,7 +172,7 @@ def _restore_optimizer(model, source):
     import h5py
 
     config_path = source.get(OPTIMIZER_CONFIG_FILE, required=False)
-    weights_path = source.get(OPTIMIZER_WEIGHTS_FILE, required=False)
+    weights_path = _verified_file(source, OPTIMIZER_WEIGHTS_FILE, required=False)
     if config_path is None or weights_path is None:
         return False
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
@@ -191,6 +209,19 @@ def read_json(path, what):
         raise PresetError(f"{what} ({path}) is not readable JSON: {error}.") from None
 
 
+def _verified_file(source, name, required=True, metadata=None):
+    """The local path of a preset file, checked against the sha256 that ``metadata.json``
+    records for it (presets saved before keras_ssl recorded hashes are not checked)."""
+    path = source.get(name, required=required)
+    if path is not None:
+        if metadata is None:
+            what = f"{source.description}: {METADATA_FILE}"
+            metadata = read_json(source.get(METADATA_FILE), what)
+        expected = (metadata.get("sha256") or {}).get(name)
+        verify_sha256(path, expected, f"{source.description}/{name}", _DAMAGE_ADVICE)
+    return path
+
+
 def is_native_config(config):
     return isinstance(config, dict) and "class_name" in config and "config" in config
 
@@ -220,7 +251,7 @@ def load_native(source, overrides=None):
             "the preset comes from another keras_ssl version, upgrade keras_ssl; if you passed "
             "config overrides, check their names."
         ) from None
-    weights = source.get(WEIGHTS_FILE)
+    weights = _verified_file(source, WEIGHTS_FILE, metadata=metadata)
     try:
         model.load_weights(weights)
     except OSError as error:

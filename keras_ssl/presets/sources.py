@@ -39,17 +39,22 @@ def sha256_of(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def verify_sha256(path, expected, what):
-    """Raises PresetError when ``path``'s sha256 differs from ``expected`` (None: no check)."""
+_PUBLISHED_ADVICE = (
+    "The file is corrupt, truncated or not the published one. Delete it from the cache (or pass "
+    "force_download=True) and load again; if it persists the source changed: pin the "
+    "revision the card names."
+)
+
+
+def verify_sha256(path, expected, what, advice=_PUBLISHED_ADVICE):
+    """Raises PresetError when ``path``'s sha256 differs from ``expected`` (None: no check);
+    the message ends with ``advice``."""
     if not expected:
         return
     actual = sha256_of(path)
     if actual != expected.lower():
         raise PresetError(
-            f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}. The file is "
-            "corrupt, truncated or not the published one. Delete it from the cache (or pass "
-            "force_download=True) and load again; if it persists the source changed: pin the "
-            "revision the card names."
+            f"sha256 mismatch for {what} ({path}): expected {expected}, got {actual}. {advice}"
         )
 
 

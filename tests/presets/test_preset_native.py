@@ -112,8 +112,14 @@ def test_native_errors(tmp_path):
     weights = tmp_path / "p" / "model.weights.h5"
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])
-    with pytest.raises(PresetError, match="corrupt or truncated"):
+    with pytest.raises(PresetError, match="sha256 mismatch.*corrupt or truncated"):
         keras_ssl.from_preset(tmp_path / "p")
+    metadata_path = tmp_path / "p" / "metadata.json"
+    with_hashes = metadata_path.read_text()
+    metadata_path.write_text(json.dumps({**json.loads(with_hashes), "sha256": {}}))
+    with pytest.raises(PresetError, match="not a readable .weights.h5 file.*corrupt or truncated"):
+        keras_ssl.from_preset(tmp_path / "p")  # no hash: HDF5's own error
+    metadata_path.write_text(with_hashes)
     weights.write_bytes(good)
 
     config_path = tmp_path / "p" / "config.json"
@@ -191,3 +197,45 @@ def test_keras_native_preset_from_the_hub_cache(tmp_path):
     images = _images()
     np.testing.assert_array_equal(_np(model(images)), _np(backbone(images)))
     assert preprocess.crop_size == 8
+
+
+def _flip_a_bit_of(path, array):
+    """Flips the lowest bit of one element of ``array`` where the file stores it."""
+    data = bytearray(path.read_bytes())
+    stored = np.ascontiguousarray(array, "<f4").tobytes()
+    at = data.find(stored)
+    assert at >= 0 and data.find(stored, at + 1) < 0, "the array is stored once, contiguously"
+    data[at + 4 * (array.size // 2)] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_weight_files_are_checked_against_their_recorded_sha256(tmp_path):
+    import hashlib
+
+    model = _dino()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.0))
+    model.fit(_views(), batch_size=8, epochs=1, verbose=0)
+    preset = keras_ssl.save_to_preset(model, tmp_path / "dino")
+    metadata = json.loads((preset / "metadata.json").read_text())
+    for name in ("model.weights.h5", "optimizer.weights.h5"):
+        digest = hashlib.sha256((preset / name).read_bytes()).hexdigest()
+        assert metadata["sha256"][name] == digest
+
+    kernel = _np(model.backbone.weights[0])
+    assert kernel.size > 8
+    _flip_a_bit_of(preset / "model.weights.h5", kernel)
+    with pytest.raises(PresetError, match=r"sha256 mismatch for .*model\.weights\.h5"):
+        keras_ssl.from_preset(preset, encoder="student")
+    # Without the recorded hash the flipped bit loads silently: the check is what finds it.
+    unchecked = {**metadata, "sha256": {}}
+    (preset / "metadata.json").write_text(json.dumps(unchecked))
+    student, _ = keras_ssl.from_preset(preset, encoder="student")
+    loaded = _np(student.weights[0])
+    assert np.sum(loaded != kernel) == 1
+
+    fresh = keras_ssl.save_to_preset(model, tmp_path / "fresh")
+    moment = next(_np(v) for v in model.optimizer.variables if v.shape == kernel.shape)
+    _flip_a_bit_of(fresh / "optimizer.weights.h5", moment)
+    keras_ssl.from_preset(fresh)  # the backbone alone does not read the optimizer's file
+    with pytest.raises(PresetError, match=r"sha256 mismatch for .*optimizer\.weights\.h5"):
+        keras_ssl.from_preset(fresh, task="pretraining")
