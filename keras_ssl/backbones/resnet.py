@@ -53,6 +53,7 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 
 import keras
 
+from keras_ssl.backbones import _direct_calls
 from keras_ssl.layers import fused_batch_norm, small_map_conv
 
 _BN_EPSILON = 1e-5
@@ -288,6 +289,11 @@ class ResNet(keras.Model):
         self.data_format = data_format
         self._requested_data_format = requested_data_format
         self.output_dim = width * 2 ** (len(stackwise_num_blocks) - 1) * expansion
+
+    def call(self, inputs, training=None, mask=None):
+        if _direct_calls.allowed(self, inputs):
+            return _direct_calls.run_graph(self, inputs, training)
+        return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
         return {

@@ -68,6 +68,7 @@ Converters for timm, the official DINO / DINOv2 code and transformers live in
 :mod:`keras_ssl.presets.converters`.
 """
 
+import contextlib
 import functools
 import math
 
@@ -76,6 +77,7 @@ import numpy as np
 from keras import ops
 
 from keras_ssl._xla_cpu import on_xla_cpu
+from keras_ssl.backbones import _direct_calls
 from keras_ssl.layers import fused_dense
 from keras_ssl.layers.exact_gelu import ExactGELU
 from keras_ssl.layers.layer_norm import LayerNormalization
@@ -843,21 +845,38 @@ class ViT(keras.Model):
         self.output_dim = hidden_dim
         self.grid_size = grid_size
 
+    @functools.cached_property
+    def _layers_by_name(self):
+        # A cached property is stored in the instance's __dict__, out of Keras's tracking.
+        return {layer.name: layer for layer in self.layers}
+
+    def call(self, inputs, training=None, mask=None):
+        if _direct_calls.allowed(self, inputs):
+            return _direct_calls.run_graph(self, inputs, training)
+        return super().call(inputs, training=training, mask=mask)
+
     def _run(
         self, images, masks=None, training=False, return_attention=False, return_last_blocks=0
     ):
-        return _encode(
-            self.get_layer,
-            images,
-            self.depth,
-            self.num_register_tokens,
-            self.layer_scale_init is not None,
-            self.use_mask_token,
-            masks=masks,
-            training=training,
-            return_attention=return_attention,
-            return_last_blocks=return_last_blocks,
-        )
+        layers = self._layers_by_name
+        layer, scope = layers.__getitem__, contextlib.nullcontext()
+        if _direct_calls.allowed(self, images, layers.values()):
+            layer = lambda name: layers[name].call  # noqa: E731
+            images = _direct_calls.cast_inputs(self, images)
+            scope = _direct_calls.autocast_scope(self)
+        with scope:
+            return _encode(
+                layer,
+                images,
+                self.depth,
+                self.num_register_tokens,
+                self.layer_scale_init is not None,
+                self.use_mask_token,
+                masks=masks,
+                training=training,
+                return_attention=return_attention,
+                return_last_blocks=return_last_blocks,
+            )
 
     def forward_features(self, images, masks=None, training=False):
         """Token features after the final norm, optionally with masked patches.

@@ -1,0 +1,74 @@
+"""Running a functional backbone's layers through their own `call`.
+
+`Layer.__call__` does more than call `call`: it converts and casts the inputs, resolves
+`training` from the call context, opens autocast scopes, and applies quantization,
+rematerialization, a distribution's output layouts and torch module hooks. It costs
+about 0.1 ms a layer call on PyTorch, where nothing is compiled, and keeps a larger
+working set between the calls. A ViT-Tiny backbone's three passes in a DINO step (2
+cores): 3.18 s through Keras's graph, 3.07 s with direct calls, 3.02 s in timm.
+
+In a model of one float dtype (no mixed precision) whose layers share its dtype policy
+and use none of the rest, what is left of that work is the inputs' cast, one autocast
+scope and passing `training` on, which `run_graph` does once per call. Everything else
+(symbolic calls, mixed precision, quantized, rematerialized or hooked layers, a Keras
+distribution) keeps Keras's path.
+"""
+
+import keras
+from keras import ops
+from keras.src.backend.common.variables import AutocastScope
+
+
+def allowed(model, inputs, layers=None):
+    """Whether `model` may run `layers` (default: all of its layers) on `inputs`
+    through the layers' own `call`."""
+    if any(keras.backend.is_keras_tensor(x) for x in keras.tree.flatten(inputs)):
+        return False
+    policy = model.dtype_policy
+    if (
+        policy.compute_dtype != policy.variable_dtype
+        or policy.quantization_mode is not None
+        or keras.distribution.distribution() is not None
+    ):
+        return False
+    torch = keras.backend.backend() == "torch"
+    for layer in model.layers if layers is None else layers:
+        if (
+            layer.dtype_policy.name != policy.name
+            or getattr(layer, "_remat_mode", None) is not None
+            or (torch and (layer._forward_hooks or layer._forward_pre_hooks))
+        ):
+            return False
+    return True
+
+
+def cast_inputs(model, x):
+    """`x` as a tensor, floating point cast to the model's compute dtype."""
+    x = ops.convert_to_tensor(x)
+    if keras.backend.is_float_dtype(x.dtype):
+        return ops.cast(x, model.compute_dtype)
+    return x
+
+
+def autocast_scope(model):
+    """The scope each layer's `__call__` would open, inside an outer model's scope too."""
+    return AutocastScope(model.compute_dtype)
+
+
+def run_graph(model, inputs, training=None):
+    """`Functional.call` of `model` with each layer's own `call` (see the module).
+
+    Only where `allowed(model, inputs)`; `training` goes to every layer that takes it.
+    """
+    inputs = [cast_inputs(model, x) for x in model._standardize_inputs(inputs)]
+
+    def operation_fn(operation):
+        call = operation.call
+        if training is None or "training" not in getattr(
+            operation, "call_signature_parameters", ()
+        ):
+            return call
+        return lambda *args, **kwargs: call(*args, **{**kwargs, "training": training})
+
+    with autocast_scope(model):
+        return model._run_through_graph(inputs, operation_fn=operation_fn)
