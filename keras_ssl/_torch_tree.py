@@ -20,6 +20,7 @@ left alone.
 """
 
 import gc
+import importlib.util
 import weakref
 from collections import defaultdict
 
@@ -44,6 +45,16 @@ def retains_traversed():
     finally:
         if enabled:
             gc.enable()
+
+
+def keras_own_module():
+    """A fresh, unpatched copy of Keras's `torchtree_impl` (for comparisons and measurements)."""
+    from keras.src.tree import torchtree_impl
+
+    spec = importlib.util.spec_from_file_location("_keras_torchtree", torchtree_impl.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def patch():

@@ -3,7 +3,6 @@ keras_ssl's replacement of two of Keras's PyTorch tree functions must compute wh
 
 import collections
 import gc
-import importlib.util
 import weakref
 
 import keras
@@ -50,14 +49,8 @@ def test_tree_operations_release_the_tensors_they_visit(operation):
 
 
 def _pristine_torchtree():
-    """A fresh copy of Keras's own `torchtree_impl`, unpatched."""
     pytest.importorskip("torch")
-    from keras.src.tree import torchtree_impl
-
-    spec = importlib.util.spec_from_file_location("_pristine_torchtree", torchtree_impl.__file__)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _torch_tree.keras_own_module()
 
 
 def _structures():

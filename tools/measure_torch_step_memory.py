@@ -18,7 +18,6 @@ machine; the README's figures used the benchmark's allocator settings (`MALLOC_*
 """
 
 import argparse
-import importlib.util
 import os
 import resource
 import statistics
@@ -32,16 +31,6 @@ TOOLS = Path(__file__).resolve().parent
 def resident_mib():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def keras_own_tree_functions():
-    """`(_dict_to_ordered_dict, traverse)` from a fresh copy of Keras's module, unpatched."""
-    from keras.src.tree import torchtree_impl
-
-    spec = importlib.util.spec_from_file_location("_keras_torchtree", torchtree_impl.__file__)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._dict_to_ordered_dict, module.traverse
 
 
 def main(argv):
@@ -63,7 +52,10 @@ def main(argv):
 
     settings = {
         "keras_ssl patch": (torchtree_impl._dict_to_ordered_dict, torchtree_impl.traverse),
-        "Keras's own": keras_own_tree_functions(),
+        "Keras's own": (
+            (module := _torch_tree.keras_own_module())._dict_to_ordered_dict,
+            module.traverse,
+        ),
     }
     if settings["keras_ssl patch"][1] is not _torch_tree.traverse:
         print("note: keras_ssl's patch is not installed (this Keras does not need it)")
