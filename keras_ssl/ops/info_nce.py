@@ -96,4 +96,4 @@ def info_nce_accuracy(query, positive_key, negative_keys):
     negative_keys = ops.stop_gradient(ops.convert_to_tensor(negative_keys))
     _check_shapes(query, positive_key, negative_keys)
     logits = _info_nce_logits(query, positive_key, negative_keys, 1.0)
-    return ops.mean(ops.cast(ops.equal(ops.argmax(logits, axis=1), 0), "float32"))
+    return ops.mean(ops.cast(ops.argmax(logits, axis=1) == 0, "float32"))

@@ -357,7 +357,8 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         ]
         if floating:
             finite = ops.all(ops.stack([ops.all(ops.isfinite(x)) for x in floating]))
-            loss = ops.where(finite, loss, ops.cast(float("nan"), loss.dtype))
+            # NaN from the loss itself, not a constant (on CUDA a host copy per step).
+            loss = ops.where(finite, loss, ops.stop_gradient(loss) * float("nan"))
         unknown = set(logs) - set(self.metric_names)
         if unknown:
             raise ValueError(
