@@ -10,8 +10,8 @@ cores): 3.18 s through Keras's graph, 3.07 s with direct calls, 3.02 s in timm.
 In a model of one float dtype (no mixed precision) whose layers share its dtype policy
 and use none of the rest, what is left of that work is the inputs' cast, one autocast
 scope and passing `training` on, which `run_graph` does once per call. Everything else
-(symbolic calls, mixed precision, quantized, rematerialized or hooked layers, a Keras
-distribution) keeps Keras's path.
+(symbolic calls, masked inputs, mixed precision, quantized, rematerialized or hooked
+layers, a Keras distribution) keeps Keras's path.
 """
 
 import keras

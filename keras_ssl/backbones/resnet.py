@@ -291,7 +291,7 @@ class ResNet(keras.Model):
         self.output_dim = width * 2 ** (len(stackwise_num_blocks) - 1) * expansion
 
     def call(self, inputs, training=None, mask=None):
-        if _direct_calls.allowed(self, inputs):
+        if mask is None and _direct_calls.allowed(self, inputs):
             return _direct_calls.run_graph(self, inputs, training)
         return super().call(inputs, training=training, mask=mask)
 

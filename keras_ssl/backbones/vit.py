@@ -851,7 +851,7 @@ class ViT(keras.Model):
         return {layer.name: layer for layer in self.layers}
 
     def call(self, inputs, training=None, mask=None):
-        if _direct_calls.allowed(self, inputs):
+        if mask is None and _direct_calls.allowed(self, inputs):
             return _direct_calls.run_graph(self, inputs, training)
         return super().call(inputs, training=training, mask=mask)
 

@@ -209,3 +209,15 @@ def test_symbolic_inputs_take_keras_dispatch(name):
         features = model.forward_features(inputs)
         wrapper = keras.Model(inputs, features["patches"])
         _assert_same(wrapper(x), model.forward_features(x)["patches"])
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet"])
+def test_a_mask_takes_keras_path(monkeypatch, name):
+    from keras.src.models.functional import Functional
+
+    model = _build(name)
+    x = keras.ops.convert_to_tensor(_images())
+    mask = keras.ops.ones((4, 32, 32), dtype="bool")
+    monkeypatch.setattr(Functional, "call", lambda self, inputs, training=None, mask=None: mask)
+    assert model.call(x, mask=mask) is mask
+    assert model.call(x) is not mask  # no mask: the direct path
