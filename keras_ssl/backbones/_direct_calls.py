@@ -15,6 +15,9 @@ scope and passing `training` on, which `run_graph` does once per call. Everythin
 layers, a Keras distribution) keeps Keras's path.
 """
 
+import contextlib
+import functools
+
 import keras
 from keras import ops
 from keras.src.backend.common.variables import AutocastScope
@@ -43,7 +46,7 @@ def allowed(model, inputs, layers=None):
     return True
 
 
-def cast_inputs(model, x):
+def _cast_inputs(model, x):
     """`x` as a tensor, floating point cast to the model's compute dtype."""
     x = ops.convert_to_tensor(x)
     if keras.backend.is_float_dtype(x.dtype):
@@ -51,7 +54,7 @@ def cast_inputs(model, x):
     return x
 
 
-def autocast_scope(model):
+def _autocast_scope(model):
     """The scope each layer's `__call__` would open, inside an outer model's scope too."""
     return AutocastScope(model.compute_dtype)
 
@@ -61,7 +64,7 @@ def run_graph(model, inputs, training=None):
 
     Only where `allowed(model, inputs)`; `training` goes to every layer that takes it.
     """
-    inputs = [cast_inputs(model, x) for x in model._standardize_inputs(inputs)]
+    inputs = [_cast_inputs(model, x) for x in model._standardize_inputs(inputs)]
 
     def operation_fn(operation):
         call = operation.call
@@ -71,5 +74,38 @@ def run_graph(model, inputs, training=None):
             return call
         return lambda *args, **kwargs: call(*args, **{**kwargs, "training": training})
 
-    with autocast_scope(model):
+    with _autocast_scope(model):
         return model._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+@contextlib.contextmanager
+def named_layers(model, inputs):
+    """Yields `(layer, inputs)` for code that runs `model`'s layers by hand.
+
+    `layer(name)` is the layer's own `call` and `inputs` are cast where
+    `allowed(model, inputs)` (inside the autocast scope a layer call would open), and
+    the layer itself, with `inputs` unchanged, where not.
+    """
+    layers = model._layers_by_name
+    if not allowed(model, inputs, layers.values()):
+        yield layers.__getitem__, inputs
+        return
+    with _autocast_scope(model):
+        yield (lambda name: layers[name].call), _cast_inputs(model, inputs)
+
+
+class DirectCalls:
+    """Mixin for a functional `keras.Model`: `call` takes `run_graph` where allowed.
+
+    A `mask` goes through Keras's functional path, which applies it to the inputs.
+    """
+
+    @functools.cached_property
+    def _layers_by_name(self):
+        # A cached property is stored in the instance's __dict__, out of Keras's tracking.
+        return {layer.name: layer for layer in self.layers}
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is None and allowed(self, inputs, self._layers_by_name.values()):
+            return run_graph(self, inputs, training)
+        return super().call(inputs, training=training, mask=mask)

@@ -181,7 +181,7 @@ def _check_pooling(pooling):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class ResNet(keras.Model):
+class ResNet(_direct_calls.DirectCalls, keras.Model):
     """ResNet backbone (He et al., 2016), torchvision v1.5 variant, any input size.
 
     A functional ``keras.Model`` mapping images ``(batch, H, W, input_channels)``
@@ -289,11 +289,6 @@ class ResNet(keras.Model):
         self.data_format = data_format
         self._requested_data_format = requested_data_format
         self.output_dim = width * 2 ** (len(stackwise_num_blocks) - 1) * expansion
-
-    def call(self, inputs, training=None, mask=None):
-        if mask is None and _direct_calls.allowed(self, inputs):
-            return _direct_calls.run_graph(self, inputs, training)
-        return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
         return {

@@ -68,7 +68,6 @@ Converters for timm, the official DINO / DINOv2 code and transformers live in
 :mod:`keras_ssl.presets.converters`.
 """
 
-import contextlib
 import functools
 import math
 
@@ -696,7 +695,7 @@ def _encode(
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class ViT(keras.Model):
+class ViT(_direct_calls.DirectCalls, keras.Model):
     """Vision Transformer backbone (DINO / DINOv2 layout), any input size.
 
     A functional ``keras.Model`` mapping images ``(batch, H, W, input_channels)``
@@ -845,26 +844,10 @@ class ViT(keras.Model):
         self.output_dim = hidden_dim
         self.grid_size = grid_size
 
-    @functools.cached_property
-    def _layers_by_name(self):
-        # A cached property is stored in the instance's __dict__, out of Keras's tracking.
-        return {layer.name: layer for layer in self.layers}
-
-    def call(self, inputs, training=None, mask=None):
-        if mask is None and _direct_calls.allowed(self, inputs):
-            return _direct_calls.run_graph(self, inputs, training)
-        return super().call(inputs, training=training, mask=mask)
-
     def _run(
         self, images, masks=None, training=False, return_attention=False, return_last_blocks=0
     ):
-        layers = self._layers_by_name
-        layer, scope = layers.__getitem__, contextlib.nullcontext()
-        if _direct_calls.allowed(self, images, layers.values()):
-            layer = lambda name: layers[name].call  # noqa: E731
-            images = _direct_calls.cast_inputs(self, images)
-            scope = _direct_calls.autocast_scope(self)
-        with scope:
+        with _direct_calls.named_layers(self, images) as (layer, images):
             return _encode(
                 layer,
                 images,
