@@ -1,6 +1,6 @@
 """One data-parallel step on 2 replicas equals one single-device step on the global batch.
 
-For SimCLR, MoCo-v2, BYOL, DINO (and DINOv2 on TF and torch): the loss, the gradients
+For SimCLR, MoCo-v2, BYOL, DINO and DINOv2: the loss, the gradients
 the optimizer applies, the updated weights and the updated state (EMA teachers, MoCo's
 queue and pointer, DINO's centre, batch-norm statistics) of one step with 2 replicas of
 4 images equal those of one device with the 8 images. The engine is the suite's backend's own: JAX
@@ -89,22 +89,12 @@ def results(tmp_path_factory):
     }
 
 
-def _skip_dinov2_on_jax(name):
-    if name == "dinov2" and keras.backend.backend() == "jax":
-        pytest.skip(
-            "jax: DataParallel runs the one-device program (world_size() == 1), so DINOv2's "
-            "collectives are identities there; the four other methods test the JAX engine "
-            "and its ViT would add a minute of compilation."
-        )
-
-
 def _norm(x):
     return float(np.linalg.norm(np.asarray(x, "float64")))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_one_step_on_two_replicas_equals_one_device(results, name):
-    _skip_dinov2_on_jax(name)
     single, parallel = results["single", name], results["parallel", name]
     assert sorted(single) == sorted(parallel)
     np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-5)
