@@ -184,15 +184,17 @@ class DINO(ContrastiveTrainer):
         return loss, {}
 
     def transform_gradients(self, gradients):
-        frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
-            self.freeze_last_layer_epochs
-        )
-        last_layer = {id(v) for v in self.last_layer_variables()}
         # Per-variable learning rates: the values before the optimizer's update, which
         # `after_optimizer_step` scales by the multipliers.
         self._pre_update.values = [
             ops.stop_gradient(ops.copy(v.value)) for v, _ in self._scaled_variables()
         ]
+        if not self.freeze_last_layer_epochs:
+            return gradients  # no pass over the last layer's gradient (16.8 M at K=65,536)
+        frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
+            self.freeze_last_layer_epochs
+        )
+        last_layer = {id(v) for v in self.last_layer_variables()}
         return [
             ops.where(frozen, 0.0, g) if g is not None and id(v) in last_layer else g
             for g, v in zip(gradients, self.trainable_variables, strict=True)
