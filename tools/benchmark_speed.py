@@ -198,6 +198,12 @@ def head_sizes(method, backbone, quick, dino_output_dim):
     }
 
 
+def spec_for(entry, options=()):
+    """`make_spec` for one entry, from this tool's command-line options (the step phase
+    only), for the tools that time or profile a part of its work."""
+    return make_spec(_resolve(_parser().parse_args(["--phases", "step", *options])), entry)
+
+
 def make_spec(args, entry):
     """Everything a worker needs to build and time one benchmark entry."""
     method, backbone_option = METHODS[entry]

@@ -35,10 +35,9 @@ def main(argv):
 
     from keras_ssl.trainer._torch import _apply_gradients
 
-    bench = benchmark_speed._parser().parse_args(["--phases", "step", *argv[split + 1 :]])
-    bench = benchmark_speed._resolve(bench)
-    torch.set_num_threads(bench.threads)
-    worker = benchmark_speed.KerasWorker(benchmark_speed.make_spec(bench, args.entry))
+    spec = benchmark_speed.spec_for(args.entry, argv[split + 1 :])
+    torch.set_num_threads(spec["threads"])
+    worker = benchmark_speed.KerasWorker(spec)
     variables = worker.model.trainable_variables
     generator = torch.Generator().manual_seed(0)
     gradients = [1e-2 * torch.randn(v.shape, generator=generator) for v in variables]

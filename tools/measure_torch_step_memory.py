@@ -63,10 +63,7 @@ def main(argv):
     def use(name):
         torchtree_impl._dict_to_ordered_dict, torchtree_impl.traverse = settings[name]
 
-    bench = benchmark_speed._parser().parse_args(["--phases", "step", *argv[split + 1 :]])
-    worker = benchmark_speed.KerasWorker(
-        benchmark_speed.make_spec(benchmark_speed._resolve(bench), args.entry)
-    )
+    worker = benchmark_speed.KerasWorker(benchmark_speed.spec_for(args.entry, argv[split + 1 :]))
     if args.steps:
         use("Keras's own" if args.keras_tree else "keras_ssl patch")
         for step in range(args.steps):

@@ -35,13 +35,12 @@ os.environ["KERAS_BACKEND"] = "torch"
 
 
 def _median_ms(fn, rounds=5, warmup=2):
+    sys.path.insert(0, str(TOOLS))
+    import _speed_common
+
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times, _ = _speed_common.timed(fn, rounds)
     return round(1e3 * sorted(times)[rounds // 2], 1)
 
 
@@ -49,10 +48,7 @@ def _spec(entry):
     sys.path.insert(0, str(TOOLS))
     import benchmark_speed
 
-    args = benchmark_speed._resolve(
-        benchmark_speed._parser().parse_args(["--device", "cpu", "--phases", "step"])
-    )
-    return benchmark_speed.make_spec(args, entry)
+    return benchmark_speed.spec_for(entry, ["--device", "cpu"])
 
 
 def _worker(side, spec):

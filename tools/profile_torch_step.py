@@ -68,12 +68,8 @@ def main(argv):
     device, rest = argv[0], argv[1:]
     entries = rest[: rest.index("--")] if "--" in rest else rest
     options = rest[rest.index("--") + 1 :] if "--" in rest else []
-    parser = benchmark_speed._parser()
-    args = benchmark_speed._resolve(
-        parser.parse_args(["--device", device, "--phases", "step", *options])
-    )
     for entry in entries:
-        spec = benchmark_speed.make_spec(args, entry)
+        spec = benchmark_speed.spec_for(entry, ["--device", device, *options])
         lightly_side.import_torchvision()
         sides = {
             "lightly": lightly_side.LightlyWorker(spec),
