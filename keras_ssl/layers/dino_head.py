@@ -25,7 +25,11 @@ class DINOHead(keras.layers.Layer):
     hidden and bottleneck linear layers use a truncated normal init of std
     0.02 and zero biases; GELU is the exact (erf) one. `V` keeps PyTorch's
     default linear init, uniform in `+-1/sqrt(bottleneck_dim)`, as the official
-    code. The L2 normalisation and the weight norm are computed in float32. A
+    code. The L2 normalisation and the weight norm are computed in float32; under mixed
+    precision the product `x W` runs in the compute dtype, as the official code's under
+    autocast: forward + backward at DINO's `(512, 256) @ (256, 65536)`, on a 2-core CPU with
+    bfloat16 matrix units, 161-167 against 357-363 ms in float32 on PyTorch, 87 against
+    199-205 ms on TensorFlow (`tools/measure_mixed_precision_ops.py`). A
     column of `V` that is exactly zero (which training does not produce) gives
     zeros on JAX and TensorFlow, where the norm is clamped at 1e-12, and NaN on
     PyTorch, whose fused weight norm (the official code's) does not clamp.
@@ -158,7 +162,8 @@ class DINOHead(keras.layers.Layer):
     def call(self, inputs, training=None, valid=None):
         x = self.bottleneck(inputs, training=training, valid=valid)
         kernel = self.last_layer_kernel()
-        return ops.cast(ops.matmul(x, kernel), self.compute_dtype)
+        # The product in the compute dtype, as every other matmul of a mixed-precision model.
+        return ops.matmul(ops.cast(x, self.compute_dtype), ops.cast(kernel, self.compute_dtype))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.output_dim)

@@ -21,6 +21,15 @@ def normalize_with_batch_statistics(x, gamma, beta, axis, epsilon):
     copy); on TensorFlow, for channels-last images, one `FusedBatchNormV3`. Elsewhere (JAX,
     where XLA fuses the ops itself; TensorFlow for other layouts) it is `keras.ops.moments` and
     `keras.ops.batch_normalization`.
+
+    `gamma` and `beta` are float32 (or `None`). A 16-bit `x` is normalised in float32 and
+    `y` is rounded once to `x`'s dtype, as `keras.layers.BatchNormalization` does under
+    mixed precision; the statistics are float32. The fused kernels take the 16-bit `x` as it
+    is and compute in float32 inside, which spares a float32 copy of `x` and of `y` and
+    their gradients (as `torch.autocast` runs batch norm). Forward + backward on the
+    largest map of DINO's CIFAR ResNet-18 step, `(128, 32, 32, 64)` bfloat16, 2-core CPU
+    (`tools/measure_mixed_precision_ops.py`): 77-80 against 33-46 ms on PyTorch, 32 against
+    22 ms on TensorFlow.
     """
     x = ops.convert_to_tensor(x)
     axis = axis % len(x.shape)
@@ -29,10 +38,12 @@ def normalize_with_batch_statistics(x, gamma, beta, axis, epsilon):
         return _torch_normalize(x, gamma, beta, axis, epsilon)
     if backend == "tensorflow" and len(x.shape) == 4 and axis == 3:
         return _tensorflow_normalize(x, gamma, beta, axis, epsilon)
+    dtype = x.dtype
+    x = ops.cast(x, keras.backend.result_type(dtype, "float32"))
     axes = [i for i in range(len(x.shape)) if i != axis]
     mean, variance = ops.moments(x, axes=axes)
     y = ops.batch_normalization(x, mean, variance, axis, offset=beta, scale=gamma, epsilon=epsilon)
-    return y, mean, variance
+    return ops.cast(y, dtype), mean, variance
 
 
 def _torch_normalize(x, gamma, beta, axis, epsilon):
@@ -58,9 +69,11 @@ def _tensorflow_normalize(x, gamma, beta, axis, epsilon):
     import tensorflow as tf
 
     channels = x.shape[axis]
-    gamma = tf.ones([channels], x.dtype) if gamma is None else gamma
-    beta = tf.zeros([channels], x.dtype) if beta is None else beta
-    empty = tf.constant([], x.dtype)
+    # The statistics' dtype: float32 for 16-bit x (the op's `U`), else x's own.
+    dtype = keras.backend.result_type(x.dtype, "float32")
+    gamma = tf.ones([channels], dtype) if gamma is None else gamma
+    beta = tf.zeros([channels], dtype) if beta is None else beta
+    empty = tf.constant([], dtype)
     # The raw op: `tf.nn.fused_batch_norm` would raise epsilon to cuDNN's minimum 1.001e-5.
     y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
         x=x,
@@ -73,7 +86,7 @@ def _tensorflow_normalize(x, gamma, beta, axis, epsilon):
         is_training=True,
     )
     # The op returns the unbiased variance (for moving averages); sigma^2 is the biased one.
-    count = tf.cast(tf.size(x) // channels, x.dtype)
+    count = tf.cast(tf.size(x) // channels, dtype)
     variance = variance * (count - 1.0) / count
     return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
 
@@ -112,9 +125,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable) or mask is not None or not self._fusable():
             return super().call(inputs, training=training, mask=mask)
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
-        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        x = ops.convert_to_tensor(inputs)
+        dtype = keras.backend.result_type(x.dtype, "float32")
+        if keras.backend.standardize_dtype(x.dtype) not in ("float16", "bfloat16"):
+            x = ops.cast(x, dtype)  # integers; 16-bit floats stay for the fused kernels
+        gamma = ops.cast(self.gamma, dtype) if self.scale else None
+        beta = ops.cast(self.beta, dtype) if self.center else None
         y, mean, variance = normalize_with_batch_statistics(x, gamma, beta, self.axis, self.epsilon)
         # moving <- momentum * moving + (1 - momentum) * statistic, as a lerp: on PyTorch one
         # multi-tensor kernel for both statistics instead of five ops and a copy each.

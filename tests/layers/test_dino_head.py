@@ -188,6 +188,11 @@ def test_weight_norm_in_float32_under_mixed_precision(monkeypatch):
 
     monkeypatch.setattr(DINOHead, "last_layer_kernel", spy)
     head = _small_head(dtype="mixed_bfloat16")
-    out = head(_inputs())
+    x = _inputs()
+    out = head(x)
     assert kernels == ["float32"]
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    # The hidden layers and the product run in bfloat16 (8-bit significands): unit-norm
+    # features against unit-norm columns, logits in [-1, 1], within a few bfloat16 steps.
+    got = ops.convert_to_numpy(ops.cast(out, "float32"))
+    np.testing.assert_allclose(got, _reference_forward(head, x), rtol=0, atol=0.03)

@@ -100,6 +100,42 @@ def test_layer_matches_keras_batch_normalization(shape, axis, center_scale):
         )
 
 
+@pytest.mark.parametrize("shape,axis", CASES)
+def test_mixed_bfloat16_matches_keras_batch_normalization(shape, axis):
+    """16-bit inputs: keras_ssl's layer hands them to the fused kernels as they are, Keras
+    computes in float32 and rounds once; both must give the same bfloat16 outputs and input
+    gradients (up to one rounding step where float32 sums differ) and the same statistics."""
+    plain, fused = _pair(shape, axis, dtype="mixed_bfloat16")
+    rng = np.random.default_rng(5)
+    x = (3.0 * rng.normal(size=shape) + 1.5).astype("float32")
+    dy = rng.normal(size=shape).astype("float32")
+
+    def output_and_input_gradient(layer):
+        state = [
+            [v.value for v in vs]
+            for vs in (layer.trainable_variables, layer.non_trainable_variables)
+        ]
+
+        def loss(x):
+            y, _ = layer.stateless_call(*state, ops.cast(x, "bfloat16"), training=True)
+            return ops.sum(ops.cast(y, "float32") * ops.convert_to_tensor(dy))
+
+        (dx,) = gradients(loss, x)
+        y = layer(ops.cast(x, "bfloat16"), training=True)  # and the moving statistics
+        assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+        return ops.convert_to_numpy(ops.cast(y, "float32")), dx
+
+    (y_plain, dx_plain), (y_fused, dx_fused) = map(output_and_input_gradient, (plain, fused))
+    for name, a, b in (("y", y_fused, y_plain), ("dx", dx_fused, dx_plain)):
+        step = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(b), 1e-30))) - 7)  # bfloat16 ulp
+        assert np.all(np.abs(a - b) <= step + 1e-30), name
+        assert np.mean(a != b) < 0.01, name
+    for p, f in zip(plain.weights, fused.weights, strict=True):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(f), ops.convert_to_numpy(p), rtol=1e-5, atol=1e-6, err_msg=p.path
+        )
+
+
 def test_moving_statistics_follow_the_keras_rule():
     shape, axis = (8, 4, 4, 3), -1
     _, fused = _pair(shape, axis)
