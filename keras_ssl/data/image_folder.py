@@ -120,10 +120,20 @@ class ImageFolderDataset(keras.utils.PyDataset):
             )
         self.file_paths = paths
         self.labels = np.asarray(label_ids, dtype="int32") if self.with_labels else None
-        self._rng = np.random.default_rng(seed)
-        self._order = np.arange(len(paths))
+        self._seed = np.random.SeedSequence(seed).entropy  # `seed`, or fresh entropy for None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        """Orders the images for epoch `epoch` (from 0). With `shuffle`, the order is a
+        permutation drawn from `(seed, epoch)`, so a run resumed at an epoch reads the order
+        the uninterrupted run read there; keras_ssl's `fit` calls this as each epoch begins.
+        """
+        self.epoch = int(epoch)
+        count = len(self.file_paths)
         if self.shuffle:
-            self._rng.shuffle(self._order)
+            self._order = np.random.default_rng([self._seed, self.epoch]).permutation(count)
+        else:
+            self._order = np.arange(count)
 
     @property
     def num_classes(self):
@@ -164,8 +174,7 @@ class ImageFolderDataset(keras.utils.PyDataset):
         return images
 
     def on_epoch_end(self):
-        if self.shuffle:
-            self._rng.shuffle(self._order)
+        self.set_epoch(self.epoch + 1)
 
 
 def image_folder(
@@ -199,7 +208,7 @@ def image_folder(
         labels: if True, yield ``(images, labels)`` with int32 labels taken from the
             first-level sub-folder names (sorted, see ``.class_names``); every image must
             then sit inside such a sub-folder.
-        shuffle: shuffle the order, again at the end of every epoch.
+        shuffle: shuffle the order, a new order every epoch (see ``set_epoch``).
         seed: seed of the shuffling (``None``: not reproducible).
         color_mode: ``"rgb"`` (3 channels) or ``"grayscale"`` (1 channel).
         extensions: file extensions to include (case-insensitive).

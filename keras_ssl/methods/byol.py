@@ -47,6 +47,7 @@ class BYOL(ContrastiveTrainer):
     """
 
     min_batch_size = 2  # the heads' batch norm: one image normalises to a constant
+    uses_run_length = True  # the teacher's momentum schedule
 
     def __init__(
         self,

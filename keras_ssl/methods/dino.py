@@ -74,6 +74,8 @@ class DINO(ContrastiveTrainer):
     ```
     """
 
+    uses_run_length = True  # the temperature, momentum, weight-decay and freezing schedules
+
     def __init__(
         self,
         backbone,
@@ -189,6 +191,7 @@ class DINO(ContrastiveTrainer):
         self._pre_update.values = [
             ops.stop_gradient(ops.copy(v.value)) for v, _ in self._scaled_variables()
         ]
+        self._pre_update.iterations = ops.copy(self.optimizer.iterations)
         if not self.freeze_last_layer_epochs:
             return gradients  # no pass over the last layer's gradient (16.8 M at K=65,536)
         frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
@@ -209,7 +212,8 @@ class DINO(ContrastiveTrainer):
             # moments do not depend on it), so scaling the step scales the rate.
             variable.assign(before + ops.cast(multiplier, before.dtype) * (variable - before))
             multipliers[id(variable)] = multiplier
-        self._pre_update.values = None
+        iterations_before = getattr(self._pre_update, "iterations", None)
+        self._pre_update.values = self._pre_update.iterations = None
         if self.weight_decay or self.final_weight_decay:
             if getattr(self.optimizer, "weight_decay", None):
                 warnings.warn(
@@ -219,6 +223,10 @@ class DINO(ContrastiveTrainer):
                     stacklevel=2,
                 )
             rate = ops.cast(self.optimizer.learning_rate, "float32") * self.current_weight_decay()
+            # No decay where the optimizer skipped the step (a loss scale's overflow), as in the
+            # official code, whose AdamW decays inside the step that the scaler skips.
+            if iterations_before is not None:
+                rate = ops.where(self.optimizer.iterations > iterations_before, rate, 0.0)
             by_multiplier = {}
             for _, student in self.teacher_student_pairs():
                 for variable in student.trainable_weights:

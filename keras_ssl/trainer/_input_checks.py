@@ -132,8 +132,22 @@ def _check_values(array, images_to_augment):
         )
 
 
-def check_crop_sizes(image_shape, augmenter):
-    """Refuses images smaller than the views `augmenter` crops from them."""
+def check_patch_size(view_shape, patch_size):
+    """Refuses a view smaller than a ViT backbone's patch: no patch would fit in it."""
+    height, width = view_shape[1], view_shape[2]
+    if not patch_size or height is None or width is None or min(height, width) >= patch_size:
+        return
+    raise ValueError(
+        f"A view is {height}x{width} pixels but the backbone's patches are "
+        f"{patch_size}x{patch_size}: no patch fits in it. Make every crop at least "
+        f"{patch_size} pixels (e.g. DINOMultiCrop's local_size) or build the ViT with a "
+        "smaller patch_size."
+    )
+
+
+def check_crop_sizes(image_shape, augmenter, patch_size=None):
+    """Refuses images smaller than the views `augmenter` crops from them, and views smaller
+    than the backbone's `patch_size` (a ViT's; `None` for others)."""
     height, width = image_shape[1], image_shape[2]
     if height is None or width is None or augmenter is None:
         return
@@ -149,6 +163,7 @@ def check_crop_sizes(image_shape, augmenter):
         crop_h, crop_w = shape[1], shape[2]
         if crop_h is None or crop_w is None:
             continue
+        check_patch_size(shape, patch_size)
         if crop_h > height or crop_w > width:
             raise ValueError(
                 f"The images are {height}x{width} pixels but the augmenter makes "

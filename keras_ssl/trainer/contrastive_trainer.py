@@ -4,7 +4,12 @@ import keras
 from keras import ops
 
 from keras_ssl.ops.ema import ema_update
-from keras_ssl.trainer._input_checks import check_crop_sizes, check_fit_data, empty_data_error
+from keras_ssl.trainer._input_checks import (
+    check_crop_sizes,
+    check_fit_data,
+    check_patch_size,
+    empty_data_error,
+)
 from keras_ssl.trainer._saving import (
     VERSION_KEY,
     check_config_version,
@@ -45,6 +50,9 @@ class ContrastiveTrainer(BackendStep, keras.Model):
       depends on the forward pass (a queue, a centre) is `assign`ed here.
     - `after_optimizer_step()`: optional, state updated after the weights
       moved (EMA teachers). Runs without gradients.
+    - `uses_run_length = True` where the method's schedules read the run's
+      length (`schedule_length`, `epochs_to_steps`): `fit` then refuses data
+      whose length it cannot know, unless `steps_per_epoch` is given.
 
     Calling the model on images returns the backbone's features (a tuple of
     them for a tuple of views), so `model.predict(images)` gives the
@@ -89,6 +97,8 @@ class ContrastiveTrainer(BackendStep, keras.Model):
     """Names of the scalars `compute_ssl_loss` logs besides `loss`."""
     min_batch_size = 1
     """Smallest batch the method can learn from (2 where negatives come from the batch)."""
+    uses_run_length = False
+    """Whether the method's schedules read the run's length (`schedule_length`)."""
 
     def __init__(self, backbone, augmenter=None, **kwargs):
         super().__init__(**kwargs)
@@ -204,9 +214,8 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         x = args[0] if args else kwargs.get("x")
         batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
         check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
-        recorder = _RecordTotalSteps()
+        recorder = _RecordTotalSteps(x)
         callbacks = [*(callbacks or []), recorder]
-        steps_before = self._optimizer_steps()
         try:
             history = super().fit(*args, callbacks=callbacks, **kwargs)
         except StopIteration as error:  # JAX's first peek at an empty iterator
@@ -220,16 +229,11 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         requested = epochs > kwargs.get("initial_epoch", 0) and not any(
             isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks
         )
-        no_step = not history.history or self._optimizer_steps() == steps_before
+        # Batches, not optimizer steps: a loss scale skips the steps whose gradients overflow.
+        no_step = not history.history or not recorder.batches_run
         if (recorder.epochs_run or requested) and no_step:
             raise empty_data_error()
         return history
-
-    def _optimizer_steps(self):
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is None:
-            return 0
-        return int(ops.convert_to_numpy(optimizer.iterations))
 
     # ---- shared plumbing ------------------------------------------------------------------
     @property
@@ -300,9 +304,12 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                         "your DataLoader / PyDataset. Use labelled data for evaluation "
                         "(keras_ssl.eval) instead."
                     )
-                return tuple(self._prepare_images(v) for v in data)
+                views = tuple(self._prepare_images(v) for v in data)
+                for view in views:
+                    check_patch_size(tuple(view.shape), self._patch_size())
+                return views
         images = self._prepare_images(data)
-        check_crop_sizes(tuple(images.shape), self.augmenter)
+        check_crop_sizes(tuple(images.shape), self.augmenter, self._patch_size())
         if self.augmenter is None:
             raise ValueError(
                 f"{type(self).__name__} got a batch of images but has no augmenter to make views "
@@ -310,6 +317,9 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                 "feed a tuple of pre-made views."
             )
         return tuple(self.augmenter(images, training=True))
+
+    def _patch_size(self):
+        return getattr(self.backbone, "patch_size", None)  # a ViT's
 
     def _prepare_images(self, images):
         shape = tuple(images.shape)
@@ -374,6 +384,12 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
     def load_weights(self, filepath, *args, **kwargs):
+        # A compiled model's optimizer is built by its first step, and Keras skips the state of
+        # an unbuilt one (with a warning): its step count, which every schedule reads, and its
+        # moments. Built first, a checkpoint resumes where it stopped.
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.trainable_variables)
         with reraise_corrupt_file_errors(filepath):
             return super().load_weights(filepath, *args, **kwargs)
 
@@ -408,15 +424,47 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
 
 class _RecordTotalSteps(keras.callbacks.Callback):
-    """Stores the run's length (`epochs x steps`) and its steps per epoch in the model."""
+    """Stores the run's length and its steps per epoch in the model, counts the epochs and
+    batches that ran, and tells the data each epoch's number (`set_epoch`).
+
+    The run's length is the optimizer steps taken before this `fit` plus the steps it has
+    left: `iterations + steps x (epochs - first epoch)`. It is taken at the first epoch this
+    `fit` runs, after `initial_epoch` or `BackupAndRestore` has placed it, so a resumed run
+    keeps the length of the run it resumes, and a second `fit` extends the schedules over
+    its own steps instead of finding them at their end.
+    """
 
     epochs_run = 0
+    batches_run = 0
+
+    def __init__(self, data=None):
+        super().__init__()
+        # What orders the data by epoch: `image_folder`'s data set, a torch DistributedSampler.
+        self._epoch_setters = [
+            target.set_epoch
+            for target in (data, getattr(data, "sampler", None))
+            if callable(getattr(target, "set_epoch", None))
+        ]
 
     def on_epoch_begin(self, epoch, logs=None):
+        for set_epoch in self._epoch_setters:
+            set_epoch(epoch)  # the epoch's order, also in a run resumed at `epoch`
         self.epochs_run += 1
-
-    def on_train_begin(self, logs=None):
+        if self.epochs_run > 1:
+            return
+        model = self.model
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        done = int(ops.convert_to_numpy(model.optimizer.iterations))
         if steps and epochs:
-            self.model.total_steps.assign(int(steps) * int(epochs))
-            self.model.steps_per_epoch.assign(int(steps))
+            model.total_steps.assign(done + int(steps) * (int(epochs) - epoch))
+            model.steps_per_epoch.assign(int(steps))
+        elif model.uses_run_length and int(ops.convert_to_numpy(model.total_steps)) <= done:
+            raise ValueError(
+                f"{type(model).__name__}'s schedules (EMA momentum, temperatures, weight decay) "
+                "run over the whole training run, and fit() cannot tell its length from this "
+                "data (a generator, or a tf.data set whose cardinality is unknown, e.g. after "
+                "filter()). Pass steps_per_epoch= to fit()."
+            )
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches_run += 1

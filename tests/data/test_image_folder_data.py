@@ -76,6 +76,46 @@ def test_seeded_shuffle(tree):
         assert is_dog_colour == (label == 1)
 
 
+def test_the_order_is_a_function_of_seed_and_epoch(tree):
+    data = image_folder(tree, 4, batch_size=5, seed=7)
+    orders = []
+    for _ in range(3):
+        orders.append(data._order.copy())
+        data.on_epoch_end()
+    fresh = image_folder(tree, 4, batch_size=5, seed=7)
+    fresh.set_epoch(2)  # as a run resumed at epoch 2 sets it
+    np.testing.assert_array_equal(fresh._order, orders[2])
+    assert not np.array_equal(orders[0], orders[2])
+
+
+def test_a_resumed_fit_reads_the_order_of_its_epoch(tree):
+    import keras_ssl
+    from keras_ssl.backbones import ConvNet
+    from keras_ssl.data.image_folder import ImageFolderDataset
+
+    class Recording(ImageFolderDataset):
+        def __getitem__(self, index):
+            self.read.append(tuple(self._order))
+            return super().__getitem__(index)
+
+    def last_order_read(initial_epoch):
+        data = Recording(tree, 8, batch_size=5, seed=3)
+        data.read = []
+        model = keras_ssl.SimCLR(
+            ConvNet(widths=(4,), input_channels=3),
+            augmenter=keras_ssl.augment.SimCLRAugment.small_images(8, seed=0),
+            projection_dim=4,
+            hidden_dim=4,
+        )
+        model.compile(optimizer="sgd")
+        model.fit(data, epochs=3, initial_epoch=initial_epoch, verbose=0)
+        return data.read[-1]
+
+    straight = last_order_read(0)  # epochs 0, 1, 2: the last batch read is epoch 2's
+    assert straight != tuple(image_folder(tree, 8, batch_size=5, seed=3)._order)  # not epoch 0's
+    assert last_order_read(2) == straight
+
+
 def test_errors(tmp_path, tree):
     with pytest.raises(FileNotFoundError, match="not found"):
         image_folder(tmp_path / "missing", 4)

@@ -116,6 +116,23 @@ def test_weight_decay_of_a_fit_step_reaches_the_weights():
         np.testing.assert_allclose(decayed[path], value * factor, rtol=1e-5, atol=1e-7)
 
 
+def test_a_step_the_loss_scale_skips_does_not_decay_the_weights(monkeypatch):
+    # Official DINO decays inside AdamW's step, which its fp16 scaler skips on an overflow.
+    original = keras_ssl.DINO.transform_gradients
+
+    def overflowing(self, gradients):
+        return [g * float("inf") for g in original(self, gradients)]
+
+    monkeypatch.setattr(keras_ssl.DINO, "transform_gradients", overflowing)
+    model = _model(weight_decay=0.5, final_weight_decay=0.5, freeze_last_layer_epochs=0)
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.2)))
+    before = {w.path: ops.convert_to_numpy(w) for w in model.backbone.trainable_weights}
+    model.fit(_views(), batch_size=16, epochs=1, verbose=0)  # no empty-data error either
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 0  # the step was skipped
+    for w in model.backbone.trainable_weights:
+        np.testing.assert_array_equal(ops.convert_to_numpy(w), before[w.path], err_msg=w.path)
+
+
 def test_vit_backbone_multi_crop_step():
     vit = keras_ssl.backbones.ViT(
         patch_size=4,

@@ -200,6 +200,29 @@ def test_images_smaller_than_crops():
         model.fit(_images(size=8), batch_size=BATCH, verbose=0)
 
 
+def test_views_smaller_than_the_vit_patch():
+    def vit():
+        return keras_ssl.backbones.ViT(
+            patch_size=8,
+            hidden_dim=8,
+            depth=1,
+            num_heads=2,
+            input_channels=1,
+            pretrain_image_size=16,
+        )
+
+    model = keras_ssl.DINO(vit(), output_dim=8, hidden_dim=8, bottleneck_dim=4)
+    model.compile(optimizer="adam")
+    views = (_images(BATCH), _images(BATCH), _images(BATCH, size=4), _images(BATCH, size=4))
+    with pytest.raises(ValueError, match=r"4x4 pixels.*patches are 8x8"):
+        model.fit(views, batch_size=BATCH, verbose=0)
+    crops = keras_ssl.augment.DINOMultiCrop(global_size=16, local_size=4, num_local_crops=2)
+    model = keras_ssl.DINO(vit(), augmenter=crops, output_dim=8, hidden_dim=8, bottleneck_dim=4)
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"4x4 pixels.*local_size"):
+        model.fit(_images(BATCH), batch_size=BATCH, verbose=0)
+
+
 def test_empty_data_set():
     import tensorflow as tf
 

@@ -191,6 +191,36 @@ def test_fit_records_the_run_length_for_schedules():
     model = CosineAlign(_backbone(), augmenter=_augmenter())
     _fit(model, _images(24), batch_size=BATCH, epochs=2)
     assert int(ops.convert_to_numpy(model.total_steps)) == 2 * 3
+    # A second fit continues the step count: its schedules run over the steps done and its
+    # own, instead of starting at their end.
+    model.fit(_images(24), batch_size=BATCH, epochs=1, verbose=0)
+    assert int(ops.convert_to_numpy(model.total_steps)) == 6 + 3
+    model.fit(_images(24), batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0)
+    assert int(ops.convert_to_numpy(model.total_steps)) == 9 + 3
+    assert int(ops.convert_to_numpy(model.steps_per_epoch)) == 3
+
+
+def _batches(images, batch_size):
+    """A Python generator: data whose length fit() cannot know."""
+    for start in range(0, len(images), batch_size):
+        yield (images[start : start + batch_size],)
+
+
+def test_data_of_unknown_length_needs_steps_per_epoch_for_schedules():
+    class Scheduled(CosineAlign):
+        uses_run_length = True
+
+    model = Scheduled(_backbone(), augmenter=_augmenter())
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.fit(_batches(_images(24), BATCH), epochs=1, verbose=0)
+    model.fit(_batches(_images(24), BATCH), epochs=1, steps_per_epoch=3, verbose=0)
+    assert int(ops.convert_to_numpy(model.total_steps)) == 3
+    # A method without run-length schedules trains on such data as it is.
+    plain = CosineAlign(_backbone(), augmenter=_augmenter())
+    plain.compile(optimizer=keras.optimizers.SGD(0.1))
+    plain.fit(_batches(_images(24), BATCH), epochs=1, verbose=0)
+    assert int(ops.convert_to_numpy(plain.optimizer.iterations)) > 0
 
 
 def test_make_teacher_copies_weights_and_takes_no_gradient():

@@ -1,17 +1,18 @@
 """Exact resume: N steps straight == k steps, a crash, a fresh process, N - k more steps.
 
 For every method, one run trains 3 epochs of 2 steps (N = 6). At the end of epoch 1
-(k = 2 steps) `ModelCheckpoint` (which calls `model.save`: a `.keras` file) and
-`BackupAndRestore` (weights and optimizer in `.weights.h5`, the epoch in JSON) have
-written their files: a snapshot of them is exactly what a node pre-empted after epoch 1
-leaves behind. A fresh Python process (same `KERAS_BACKEND`) then continues from the
-snapshot both ways: `keras.saving.load_model` + `fit(initial_epoch=1)`, and a newly built
-model + `fit` with the same `BackupAndRestore`. Both must end where the straight run
-ended, within 1e-6: every weight (student, teacher, MoCo queue and pointer, DINO centres,
-batch-norm statistics, the schedules' run length), every random-generator state (the
-augmentation crops and flips, DINOv2's masks) and every optimizer variable (the step
-count, which is the schedules' position, and the moments). Data order is fixed
-(`shuffle=False`): Keras does not save its shuffling order.
+(k = 2 steps) `ModelCheckpoint` (which calls `model.save`: a `.keras` file; and with
+`save_weights_only=True`, a `.weights.h5` file) and `BackupAndRestore` (weights and
+optimizer in `.weights.h5`, the epoch in JSON) have written their files: a snapshot of them
+is exactly what a node pre-empted after epoch 1 leaves behind. A fresh Python process (same
+`KERAS_BACKEND`) then continues from the snapshot three ways: `keras.saving.load_model` +
+`fit(initial_epoch=1)`; a newly built and compiled model + `load_weights` +
+`fit(initial_epoch=1)`; and a newly built model + `fit` with the same `BackupAndRestore`.
+Each must end where the straight run ended, within 1e-6: every weight (student, teacher,
+MoCo queue and pointer, DINO centres, batch-norm statistics, the schedules' run length),
+every random-generator state (the augmentation crops and flips, DINOv2's masks) and every
+optimizer variable (the step count, which is the schedules' position, and the moments).
+Data order is fixed (`shuffle=False`): Keras does not save its shuffling order.
 
 The five methods share one subprocess (importing Keras dominates its cost); the
 augmenters are crop + flip only, to keep compilation short. Run this file as a script
@@ -161,38 +162,37 @@ class _SnapshotAfterEpoch(keras.callbacks.Callback):
 
 
 def _paths(directory, name):
-    return os.path.join(directory, f"{name}.keras"), os.path.join(directory, f"{name}_backup")
+    """The `.keras` file, the backup directory and the weights file."""
+    return tuple(
+        os.path.join(directory, f"{name}{suffix}")
+        for suffix in (".keras", "_backup", ".weights.h5")
+    )
 
 
 def _resume(directory, name):
-    """The fresh-process half: continue from the `.keras` file and from the backup."""
-    keras_path, backup_dir = _paths(directory, name)
+    """The fresh-process half: continue from the `.keras` file, the weights and the backup."""
+    keras_path, backup_dir, weights_path = _paths(directory, name)
     x = _images()
-    model = keras.saving.load_model(keras_path)
-    model.fit(
-        x,
-        batch_size=BATCH,
-        epochs=EPOCHS,
-        initial_epoch=CRASH_AFTER_EPOCH,
-        shuffle=False,
-        verbose=0,
-    )
-    _save_state(model, os.path.join(directory, f"{name}_from_keras.npz"))
-    model = build(name)
-    backup = keras.callbacks.BackupAndRestore(backup_dir)
-    model.fit(x, batch_size=BATCH, epochs=EPOCHS, shuffle=False, callbacks=[backup], verbose=0)
-    _save_state(model, os.path.join(directory, f"{name}_from_backup.npz"))
+
+    def finish(model, how, **fit_kwargs):
+        model.fit(x, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, **fit_kwargs)
+        _save_state(model, os.path.join(directory, f"{name}_from_{how}.npz"))
+
+    finish(keras.saving.load_model(keras_path), "keras", initial_epoch=CRASH_AFTER_EPOCH)
+    model = build(name)  # compiled: its optimizer is built by load_weights, not by a step
+    model.load_weights(weights_path)
+    finish(model, "weights", initial_epoch=CRASH_AFTER_EPOCH)
+    finish(build(name), "backup", callbacks=[keras.callbacks.BackupAndRestore(backup_dir)])
 
 
 def _straight_run(directory, name):
     """Trains N steps straight, leaving the epoch-1 checkpoints in `directory`."""
-    keras_path, backup_dir = _paths(directory, name)
-    running_dir = os.path.join(directory, "running", name)
-    running = (os.path.join(running_dir, "model.keras"), os.path.join(running_dir, "backup"))
+    running = _paths(os.path.join(directory, "running"), name)
     callbacks = [
         keras.callbacks.BackupAndRestore(running[1], delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(running[0]),
-        _SnapshotAfterEpoch(running, (keras_path, backup_dir)),
+        keras.callbacks.ModelCheckpoint(running[2], save_weights_only=True),
+        _SnapshotAfterEpoch(running, _paths(directory, name)),
     ]
     model = build(name)
     model.fit(
@@ -238,7 +238,7 @@ def test_every_method_resumes_exactly_in_a_fresh_process(tmp_path):
         # The run length the schedules follow is the full run's, not the crashed part's.
         total = [v for k, v in expected.items() if k.endswith("total_steps")]
         assert total and int(total[0]) == EPOCHS * 2
-        for how in ("keras", "backup"):
+        for how in ("keras", "weights", "backup"):
             actual = _load_state(os.path.join(directory, f"{name}_from_{how}.npz"))
             report[f"{name}/{how}"] = _compare(expected, actual, f"{name} resumed from {how}")
         assert any(k.startswith("rng/") for k in expected), name  # augmentation RNG compared
