@@ -158,7 +158,11 @@ def _load_images(args):
     if args.image_folder:
         from keras_ssl.data import image_folder
 
-        labelled = any(entry.is_dir() for entry in os.scandir(args.image_folder))
+        # Class folders as image_folder reads them: hidden ones (.ipynb_checkpoints) are not.
+        labelled = any(
+            entry.is_dir() and not entry.name.startswith(".")
+            for entry in os.scandir(args.image_folder)
+        )
         data = image_folder(
             args.image_folder, args.image_size, batch_size=256, labels=labelled, shuffle=False
         )

@@ -62,3 +62,28 @@ def test_dinov2_demo_teacher_targets_differ_between_images_at_init():
     targets = ops.convert_to_numpy(sinkhorn_knopp(logits, 0.04, num_iterations=3))
     entropy = -(targets * np.log(targets)).sum(axis=-1).mean()
     assert np.log(targets.shape[-1]) - entropy > 0.02  # 0.07-0.12 nats here; 0 at 1e-5
+
+
+def test_image_folder_classes_are_its_visible_sub_folders(tmp_path):
+    from argparse import Namespace
+
+    from PIL import Image
+
+    def write(folder, count):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(folder / f"{i}.png")
+
+    flat = tmp_path / "flat"
+    write(flat, 4)
+    write(flat / ".ipynb_checkpoints", 1)  # hidden: no class, no image
+    args = Namespace(image_folder=str(flat), image_size=(8, 8), seed=0)
+    x_train, y_train, x_test, y_test = cli._load_images(args)
+    assert x_train.shape == (4, 8, 8, 3) and y_train is None and x_test is None
+    labelled = tmp_path / "labelled"
+    for name in ("cat", "dog"):
+        write(labelled / name, 5)
+    x_train, y_train, x_test, y_test = cli._load_images(
+        Namespace(image_folder=str(labelled), image_size=(8, 8), seed=0)
+    )
+    assert len(x_train) + len(x_test) == 10 and sorted(set(y_train) | set(y_test)) == [0, 1]

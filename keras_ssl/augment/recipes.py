@@ -190,10 +190,11 @@ class SimCLRAugment(_MultiViewRecipe):
 
     Each view independently goes through: random resized crop (``crop_scale``, ratio 3/4-4/3)
     to ``image_size`` -> horizontal flip (p = 0.5) -> colour jitter with brightness, contrast,
-    saturation ``0.8 * jitter_strength`` and hue ``0.2 * jitter_strength`` applied with
-    probability ``jitter_probability`` (random op order per image) -> grayscale with probability
-    ``grayscale_probability`` -> Gaussian blur with sigma ~ U(0.1, 2.0) and a kernel of 10% of
-    the image side, with probability ``blur_probability``. Parameters are drawn per image and
+    saturation ``0.8 * jitter_strength`` and hue ``min(0.2 * jitter_strength, 0.5)`` (half
+    a turn of the hue circle at most) applied with probability ``jitter_probability``
+    (random op order per image) -> grayscale with probability ``grayscale_probability`` ->
+    Gaussian blur with sigma ~ U(0.1, 2.0) and a kernel of 10% of the image side, with
+    probability ``blur_probability``. Parameters are drawn per image and
     per view. ``uint8`` images are accepted and scaled to [0, 1].
 
     For small images (CIFAR-10/100, 32x32) use :meth:`SimCLRAugment.small_images`, the paper's

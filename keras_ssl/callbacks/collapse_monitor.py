@@ -156,12 +156,19 @@ class CollapseMonitor(keras.callbacks.Callback):
         model = self.model
         features = extract_features(model.teacher_backbone, self.probe_images, self.batch_size)
         temperature = float(ops.convert_to_numpy(model.current_teacher_temperature()))
+        # The targets the method trains on: DINOv2's own (Sinkhorn-Knopp by default, over each
+        # probe batch), else DINO's centred and sharpened softmax.
+        targets = getattr(model, "teacher_probabilities", None)
         center = ops.convert_to_numpy(model.center)
         probs = []
         for start in range(0, len(features), self.batch_size):
             logits = model.teacher_head(features[start : start + self.batch_size], training=False)
-            logits = ops.convert_to_numpy(ops.cast(logits, "float32"))
-            probs.append(ops.convert_to_numpy(ops.softmax((logits - center) / temperature)))
+            logits = ops.cast(logits, "float32")
+            if targets is not None:
+                batch_probs = targets(logits, model.center, temperature, training=False)
+            else:
+                batch_probs = ops.softmax((ops.convert_to_numpy(logits) - center) / temperature)
+            probs.append(ops.convert_to_numpy(batch_probs))
         probs = np.concatenate(probs)
         return {
             "teacher_entropy": float(np.mean(distribution_entropy(probs))),
@@ -241,6 +248,9 @@ class CollapseMonitor(keras.callbacks.Callback):
         return "; ".join(tips)
 
     # ---- callback hooks -------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        monitored_backbone(self.model, self.use_teacher)  # use_teacher without one: fail now
+
     def on_epoch_end(self, epoch, logs=None):
         last = self.params.get("epochs") if self.params else None
         if (epoch + 1) % self.every_n_epochs and (last is None or epoch + 1 != last):

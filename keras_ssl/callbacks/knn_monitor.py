@@ -185,7 +185,10 @@ class KNNMonitor(keras.callbacks.Callback):
             print(f"KNNMonitor epoch {epoch}: {shown}")
 
     def on_train_begin(self, logs=None):
-        self._feature_model = None  # the model may have changed since the last fit
+        # Built now, not at the first evaluation: options that do not fit the model
+        # (use_teacher without a teacher, a protocol its backbone lacks) fail before training.
+        backbone = monitored_backbone(self.model, self.use_teacher)
+        self._feature_model = feature_model(backbone, self.protocol, self.n_last_blocks)
         if self.evaluate_at_start:
             self._record(0, self.evaluate())
 

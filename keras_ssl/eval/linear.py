@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from keras_ssl.augment._base import to_unit_float
+
 __all__ = ["LinearProbeResult", "extract_features", "linear_probe"]
 
 
@@ -193,10 +195,10 @@ def linear_probe(
 def extract_features(model, images, batch_size=256):
     """Run ``model`` (e.g. a frozen backbone) on NumPy images in batches.
 
-    ``uint8`` images are converted to float32 in ``[0, 1]`` (``/ 255``); other inputs to
-    float32 unchanged. Grey-scale ``(N, H, W)`` images get a channel axis
-    ``(N, H, W, 1)``. Batches are converted one at a time, so a large uint8 set is never
-    held in float32 all at once.
+    Integer images (``uint8``, ``int32``, ...) are converted to float32 in ``[0, 1]``
+    (``/ 255``), as the trainer converts them; float inputs to float32 unchanged.
+    Grey-scale ``(N, H, W)`` images get a channel axis ``(N, H, W, 1)``. Batches are
+    converted one at a time, so a large uint8 set is never held in float32 all at once.
 
     Args:
         model: a keras model mapping ``(B, H, W, C)`` images to ``(B, D)`` features.
@@ -234,10 +236,8 @@ def extract_features(model, images, batch_size=256):
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        if batch.dtype == np.uint8:
-            batch = batch.astype("float32") / 255.0
-        else:
-            batch = batch.astype("float32", copy=False)
+        # Integer images in [0, 255], as the trainer takes them (`to_unit_float`).
+        batch = to_unit_float(batch).astype("float32", copy=False)
         out = model.predict_on_batch(batch)
         outputs.append(np.asarray(keras.ops.convert_to_numpy(out), dtype="float32"))
     return np.concatenate(outputs, axis=0)

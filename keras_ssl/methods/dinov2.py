@@ -104,7 +104,7 @@ class DINOv2(DINO):
     model = keras_ssl.DINOv2(
         keras_ssl.backbones.ViT(patch_size=4, hidden_dim=64, depth=2, num_heads=2,
                                 input_channels=1, pretrain_image_size=28,
-                                layer_scale_init=1e-5),
+                                layer_scale_init=1.0),  # 1e-5 (ViT-g's) stalls a tiny ViT
         augmenter=keras_ssl.augment.DINOMultiCrop.small_images(28, num_local_crops=2),
         output_dim=1024, hidden_dim=256, bottleneck_dim=64,
     )

@@ -51,8 +51,8 @@ def from_preset(
     ``handle`` is one of
 
     * a registered preset name (``keras_ssl.presets.list_presets()``), e.g.
-      ``"dino_vits16"``: its card names a Hugging Face repository pinned to a revision,
-      the files, their sha256 and the converter;
+      ``"dino_vits16"``: its card names a Hugging Face repository, the files and the
+      converter, and where it pins them, a revision and the files' sha256;
     * ``"hf://org/repo"`` or ``"hf://org/repo@revision"``: a Keras-native preset
       uploaded with :func:`upload_preset`, or a timm / transformers checkpoint
       (``config.json`` + ``model.safetensors``) converted on load;
@@ -203,9 +203,10 @@ def _no_head_message(card, options):
     what = "the pretraining model" if options["task"] == "pretraining" else "a head"
     full = card.get("full_checkpoint")
     if full:
+        command = full.get("convert_with") or "tools/convert_checkpoint.py"
         return (
             f"Preset {card['name']!r} holds the backbone only; {what} comes with the full "
-            f"checkpoint ({full.get('url')}). Convert it with `python tools/convert_checkpoint.py "
+            f"checkpoint ({full.get('url')}). Convert it with `python {command} "
             f"--card {card['name']} --checkpoint <downloaded full checkpoint> --output <dir>` and "
             "load <dir>."
         )

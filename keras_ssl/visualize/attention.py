@@ -6,6 +6,8 @@ import matplotlib
 import numpy as np
 from keras import ops
 
+from keras_ssl.augment._base import to_unit_float
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -18,9 +20,7 @@ def _float_images(images):
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}.")
-    if images.dtype == np.uint8:
-        return images.astype("float32") / 255.0
-    return images.astype("float32")
+    return to_unit_float(images).astype("float32", copy=False)  # integers in [0, 255]
 
 
 def attention_maps(vit, images, path=None, batch_size=64):
@@ -36,8 +36,8 @@ def attention_maps(vit, images, path=None, batch_size=64):
     Args:
         vit: a `keras_ssl.backbones.ViT` (anything with ``get_last_self_attention``,
             ``patch_size`` and ``num_register_tokens``).
-        images: ``(N, H, W, C)`` (or ``(N, H, W)``) NumPy images; ``uint8`` is scaled to
-            [0, 1].
+        images: ``(N, H, W, C)`` (or ``(N, H, W)``) NumPy images; integer images
+            (``uint8``) are scaled to [0, 1].
         path: if given, a PNG of the images with every head's map overlaid
             (`save_attention_overlays`) is written there.
         batch_size: images per forward pass.

@@ -26,7 +26,7 @@ def _backbone(collapsed):
     return backbone
 
 
-def _fit(collapsed, monitor, epochs=3):
+def _simclr(collapsed):
     model = keras_ssl.SimCLR(
         _backbone(collapsed),
         augmenter=keras_ssl.augment.SimCLRAugment.small_images(8, seed=0),
@@ -34,6 +34,11 @@ def _fit(collapsed, monitor, epochs=3):
         hidden_dim=8,
     )
     model.compile(optimizer="adam")
+    return model
+
+
+def _fit(collapsed, monitor, epochs=3):
+    model = _simclr(collapsed)
     return model.fit(_images(32, 1), batch_size=16, epochs=epochs, verbose=0, callbacks=[monitor])
 
 
@@ -86,3 +91,32 @@ def test_dino_teacher_entropy_and_loss_at_ln_k():
 def test_bad_probe_batch():
     with pytest.raises(ValueError, match="at least 2 images"):
         CollapseMonitor(_images(1))
+
+
+def test_use_teacher_without_a_teacher_is_refused_before_training():
+    model = _simclr(False)
+    monitor = CollapseMonitor(_images(8), use_teacher=True, every_n_epochs=3)
+    with pytest.raises(ValueError, match="no EMA teacher"):
+        model.fit(_images(32, 1), batch_size=16, epochs=3, verbose=0, callbacks=[monitor])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+
+
+def test_dinov2_teacher_entropy_is_that_of_its_sinkhorn_targets():
+    from keras_ssl.eval import distribution_entropy, extract_features
+    from keras_ssl.ops import sinkhorn_knopp
+
+    vit = keras_ssl.backbones.ViT(
+        patch_size=4, hidden_dim=8, depth=1, num_heads=2, input_channels=1, pretrain_image_size=8
+    )
+    model = keras_ssl.DINOv2(vit, output_dim=16, hidden_dim=8, bottleneck_dim=4)
+    model.compile(optimizer="adam")
+    monitor = CollapseMonitor(_images(8), batch_size=8)
+    monitor.set_model(model)
+    figures = monitor.measure()
+    logits = model.teacher_head(extract_features(model.teacher_backbone, _images(8)))
+    temperature = float(keras.ops.convert_to_numpy(model.current_teacher_temperature()))
+    targets = keras.ops.convert_to_numpy(sinkhorn_knopp(logits, temperature, num_iterations=3))
+    expected = float(np.mean(distribution_entropy(targets)))
+    np.testing.assert_allclose(figures["teacher_entropy"], expected, rtol=1e-5)
+    centred = keras.ops.convert_to_numpy(keras.ops.softmax(logits / temperature))
+    assert abs(float(np.mean(distribution_entropy(centred))) - expected) > 1e-3

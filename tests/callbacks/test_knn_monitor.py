@@ -61,11 +61,13 @@ def test_teacher_features_and_errors():
 
     simclr = _model()
     simclr.compile(optimizer="adam")
+    # Refused before training, not at the first evaluation epochs later.
     with pytest.raises(ValueError, match="no EMA teacher"):
         simclr.fit(
-            _data(32, 5)[0], batch_size=16, epochs=1, verbose=0,
-            callbacks=[KNNMonitor(train, test, use_teacher=True)],
+            _data(32, 5)[0], batch_size=16, epochs=3, verbose=0,
+            callbacks=[KNNMonitor(train, test, use_teacher=True, every_n_epochs=3)],
         )  # fmt: skip
+    assert int(keras.ops.convert_to_numpy(simclr.optimizer.iterations)) == 0
     with pytest.raises(ValueError, match="one label per image"):
         KNNMonitor((train[0], train[1][:3]), test)
     with pytest.raises(ValueError, match="every_n_epochs"):
