@@ -299,7 +299,8 @@ def test_layerwise_decay_and_patch_embedding_rate_scale_each_update():
 
 def test_weight_decay_scales_with_each_weights_learning_rate_multiplier():
     """DINO's decoupled decay, `w <- w (1 - lr wd m)` with `m` the weight's layer-wise
-    multiplier, on matrices only; run alone (no optimizer update) through the after-step."""
+    multiplier, on matrices only; run alone through the after-step (the optimizer's update
+    stood in for by its step counter), and skipped where the optimizer skipped its step."""
     model = _model(
         backbone=ViT(patch_size=4, hidden_dim=16, depth=2, num_heads=2, input_channels=1),
         layerwise_decay=0.5,
@@ -313,6 +314,11 @@ def test_weight_decay_scales_with_each_weights_learning_rate_multiplier():
     students = model.backbone.trainable_weights + model.head.trainable_weights
     before = [_np(v) for v in students]
     model.transform_gradients([None] * len(model.trainable_variables))  # values before "update"
+    model.after_optimizer_step()  # the step counter did not move: a skipped step, no decay
+    for variable, value in zip(students, before, strict=True):
+        np.testing.assert_array_equal(_np(variable), value, err_msg=variable.path)
+    model.transform_gradients([None] * len(model.trainable_variables))
+    model.optimizer.iterations.assign_add(1)  # a step taken
     model.after_optimizer_step()
     assert len({multipliers.get(id(v), 1.0) for v in students if len(v.shape) > 1}) >= 3
     for variable, value in zip(students, before, strict=True):
