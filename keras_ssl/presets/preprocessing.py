@@ -93,6 +93,7 @@ class Preprocessing(keras.layers.Layer):
         single = len(images.shape) == 3
         if single:
             images = ops.expand_dims(images, 0)
+        self._check_channels(images.shape)
         if "int" in str(images.dtype):
             images = ops.cast(images, "float32") / 255.0
         images = ops.cast(images, self.compute_dtype)
@@ -127,6 +128,32 @@ class Preprocessing(keras.layers.Layer):
         std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
         images = (images - mean) / std
         return images[0] if single else images
+
+    def _check_channels(self, shape):
+        if len(shape) != 4:
+            raise ValueError(
+                "Preprocessing takes images (H, W, C) or a batch (N, H, W, C), got shape "
+                f"{tuple(shape)}."
+            )
+        channels, expected = shape[-1], len(self.mean)
+        if channels is None or channels == expected:
+            return
+        if shape[1] == expected:
+            hint = (
+                "They look channels_first: transpose them to channels_last "
+                "(`images.transpose(0, 2, 3, 1)`)."
+            )
+        elif channels == 1:
+            hint = (
+                f"For grayscale images, repeat the channel (`keras.ops.repeat(images, "
+                f"{expected}, axis=-1)`), as the model was trained on colour images."
+            )
+        else:
+            hint = f"Pass images with {expected} channels, or a mean and std per channel."
+        raise ValueError(
+            f"The images have {channels} channel(s) (shape {tuple(shape)}, channels_last) but "
+            f"the preprocessing's mean and std have {expected}. {hint}"
+        )
 
     def compute_output_shape(self, input_shape):
         *lead, height, width, channels = input_shape

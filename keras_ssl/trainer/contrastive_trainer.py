@@ -107,6 +107,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                 "`backbone` must be a keras.Model mapping images to features, "
                 f"got {type(backbone)}."
             )
+        _check_backbone_output(backbone)
         self.backbone = backbone
         self.augmenter = augmenter
         # The length of the run, for schedules (EMA momentum, temperatures): recorded from
@@ -421,6 +422,22 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _check_backbone_output(backbone):
+    """Refuses a backbone whose output is not one feature vector per image."""
+    try:
+        shape = backbone.output_shape
+    except (AttributeError, ValueError):  # a subclassed model not built yet: unknown
+        return
+    if isinstance(shape, list) or len(shape) != 2:
+        raise ValueError(
+            "`backbone` must map images to one feature vector each, shape (batch, features), "
+            f"but its output shape is {shape}. Build it with global pooling (e.g. "
+            "keras_ssl.backbones.ResNet18(pooling='avg'), keras.applications.ResNet50("
+            "include_top=False, pooling='avg')) or end it with "
+            "keras.layers.GlobalAveragePooling2D()."
+        )
 
 
 class _RecordTotalSteps(keras.callbacks.Callback):

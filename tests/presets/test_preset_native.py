@@ -184,6 +184,18 @@ def test_preprocessing_matches_numpy():
     np.testing.assert_array_equal(_np(restored(images)), _np(layer(images)))
 
 
+def test_preprocessing_refuses_a_channel_count_its_statistics_do_not_have():
+    layer = Preprocessing(resize_size=None, crop_size=None)
+    with pytest.raises(ValueError, match=r"1 channel\(s\).*have 3.*repeat\(images, 3, axis=-1\)"):
+        layer(np.zeros((2, 8, 8, 1), "float32"))
+    with pytest.raises(ValueError, match=r"look channels_first.*transpose\(0, 2, 3, 1\)"):
+        layer(np.zeros((2, 3, 8, 8), "float32"))
+    with pytest.raises(ValueError, match=r"images \(H, W, C\) or a batch"):
+        layer(np.zeros((8, 8), "float32"))
+    gray = Preprocessing(resize_size=None, crop_size=None, mean=(0.5,), std=(0.5,))
+    assert tuple(gray(np.zeros((2, 8, 8, 1), "float32")).shape) == (2, 8, 8, 1)
+
+
 def test_keras_native_preset_from_the_hub_cache(tmp_path):
     from tests.presets._preset_support import SHA, make_hf_cache
 

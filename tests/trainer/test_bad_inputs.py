@@ -21,6 +21,7 @@ Row -> where it is caught (test):
 - empty data set (arrays, tf.data, torch) -> fit (test_empty_data_set)
 - labels passed to an unsupervised fit -> trainer, every batch (test_labels_are_refused)
 - images but no augmenter -> trainer (test_images_without_augmenter)
+- a backbone without global pooling -> the method's constructor (test_unpooled_backbone)
 - wrong number of views -> each method (test_wrong_number_of_views)
 - config from a newer keras_ssl -> from_config / load_model (test_config_from_a_newer_version)
 - corrupt or truncated `.weights.h5` -> ContrastiveTrainer.load_weights (test_corrupt_weights_file)
@@ -258,6 +259,11 @@ def test_images_without_augmenter():
     model = _simclr(augmenter=None)
     with pytest.raises(ValueError, match="no augmenter.*Pass `augmenter=`"):
         model.fit(_images(), batch_size=BATCH, verbose=0)
+
+
+def test_unpooled_backbone():
+    with pytest.raises(ValueError, match=r"output shape is \(None, None, None, 8\).*pooling='avg'"):
+        keras_ssl.SimCLR(ConvNet(widths=(4, 8), input_channels=1, pooling=None))
 
 
 def test_wrong_number_of_views():
