@@ -90,7 +90,8 @@ def knn_accuracy(
         query = l2_normalize(ops.convert_to_tensor(test_features[start : start + batch_size]))
         similarity = ops.matmul(query, bank_t)  # (b, N)
         top_sim, top_idx = ops.top_k(similarity, k=k)  # (b, k)
-        weights = ops.exp(top_sim / temperature)
+        # exp((s - s_max) / T): the same vote ratios, without overflow at small T
+        weights = ops.exp((top_sim - top_sim[:, :1]) / temperature)
         neighbour_labels = ops.take(bank_labels, top_idx, axis=0)  # (b, k)
         votes = ops.sum(
             ops.one_hot(neighbour_labels, num_classes) * ops.expand_dims(weights, -1), axis=1

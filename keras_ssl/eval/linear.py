@@ -109,7 +109,10 @@ def linear_probe(
         epochs: training epochs.
         batch_size: mini-batch size.
         learning_rate: optimiser learning rate.
-        weight_decay: decoupled weight decay (AdamW) or L2-style decay (SGD).
+        weight_decay: AdamW's decoupled weight decay; with ``optimizer="sgd"``, the L2
+            penalty ``weight_decay / 2 * |w|^2`` on the kernel and bias, whose gradient
+            ``weight_decay * w`` goes through the momentum as in ``torch.optim.SGD``.
+            Ignored when ``optimizer`` is an instance.
         standardize: standardise features with the train statistics.
         seed: seed of the head's initial weights and of the batch order.
         verbose: passed to ``model.fit``.
@@ -158,10 +161,14 @@ def linear_probe(
         variance = x_train.var(axis=0)
         variance = np.where(variance < 1e-12, 1.0, variance)
         h = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(h)
+    coupled_decay = isinstance(optimizer, str) and optimizer.lower() == "sgd" and weight_decay
+    penalty = keras.regularizers.L2(weight_decay / 2.0) if coupled_decay else None
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        kernel_regularizer=penalty,
+        bias_regularizer=penalty,
         name="classifier",
     )(h)
     head = keras.Model(inputs, outputs, name="linear_probe")
@@ -172,9 +179,7 @@ def linear_probe(
                 learning_rate=learning_rate, weight_decay=weight_decay
             )
         elif optimizer.lower() == "sgd":
-            optimizer = keras.optimizers.SGD(
-                learning_rate=learning_rate, momentum=0.9, weight_decay=weight_decay or None
-            )
+            optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
         else:
             raise ValueError(
                 f"optimizer must be 'adamw', 'sgd' or an optimizer, got {optimizer!r}."

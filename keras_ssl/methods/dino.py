@@ -133,6 +133,8 @@ class DINO(ContrastiveTrainer):
     # ---- schedules, all driven by the optimizer's step counter ---------------------------
     def current_teacher_temperature(self):
         """`tau_t` of the current step: linear warm-up, then constant."""
+        if not self.warmup_teacher_temperature_epochs:
+            return ops.convert_to_tensor(self.teacher_temperature, "float32")
         return linear_schedule(
             self.optimizer.iterations,
             ops.maximum(self.epochs_to_steps(self.warmup_teacher_temperature_epochs), 1.0),

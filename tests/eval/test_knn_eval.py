@@ -66,3 +66,13 @@ def test_vote_weights_follow_exp_of_similarity_over_temperature():
     assert knn_accuracy(bank, labels, query, [1], k=3, temperature=10.0) == 1.0
     # k = 1 keeps only the nearest neighbour whatever the temperature
     assert knn_accuracy(bank, labels, query, [0], k=1, temperature=10.0) == 1.0
+
+
+def test_small_temperatures_do_not_overflow_the_votes():
+    # exp(s / T) overflows float32 once s / T > 88. Class 1's two neighbours (s = 0.999,
+    # 0.99) outvote class 0's one (s = 1) at T = 0.01 and lose at T = 0.005, in float64.
+    cosines = np.array([1.0, 0.999, 0.99])
+    bank = np.stack([cosines, np.sqrt(1 - cosines**2)], axis=1)
+    labels = np.array([0, 1, 1])
+    assert knn_accuracy(bank, labels, [[1.0, 0.0]], [1], k=3, temperature=0.01) == 1.0
+    assert knn_accuracy(bank, labels, [[1.0, 0.0]], [0], k=3, temperature=0.005) == 1.0

@@ -48,6 +48,32 @@ def test_full_batch_sgd_probe_matches_numpy_gradient_descent():
     assert result.top1 == pytest.approx(np.mean(probs.argmax(axis=1) == y[:40]))
 
 
+def test_sgd_probe_weight_decay_is_torch_sgds_coupled_l2():
+    """optimizer="sgd": momentum 0.9 and weight decay as torch.optim.SGD applies them."""
+    rng = np.random.default_rng(1)
+    n, d, c, lr, wd, steps = 64, 5, 3, 0.2, 0.3, 10
+    y = rng.integers(0, c, size=n)
+    x = rng.normal(size=(n, d)) + 2.0 * np.eye(c, d)[y]
+    result = linear_probe(
+        x, y, x, y, epochs=steps, batch_size=n, seed=3, learning_rate=lr,
+        weight_decay=wd, optimizer="sgd", standardize=False,
+    )  # fmt: skip
+
+    w = np.asarray(keras.initializers.GlorotUniform(seed=3)((d, c)), dtype="float64")
+    b = np.zeros(c)
+    buf_w, buf_b = np.zeros_like(w), np.zeros_like(b)
+    onehot = np.eye(c)[y]
+    for _ in range(steps):  # torch: g += wd * p; buf = 0.9 * buf + g; p -= lr * buf
+        grad = (_softmax(x @ w + b) - onehot) / n
+        buf_w = 0.9 * buf_w + x.T @ grad + wd * w
+        buf_b = 0.9 * buf_b + grad.sum(axis=0) + wd * b
+        w, b = w - lr * buf_w, b - lr * buf_b
+
+    kernel, bias = result.head.get_layer("classifier").get_weights()
+    np.testing.assert_allclose(kernel, w, atol=2e-4)
+    np.testing.assert_allclose(bias, b, atol=2e-4)
+
+
 def _vit(depth, **kwargs):
     return ViT(patch_size=4, hidden_dim=16, depth=depth, num_heads=2, input_channels=1,
                pretrain_image_size=16, **kwargs)  # fmt: skip

@@ -66,6 +66,10 @@ def test_schedules_follow_the_step_counter():
     # Momentum after step k=1 of K=2 (DINO's cosine_scheduler: value at k / K).
     expected = 1.0 - (1.0 - 0.996) * (1 + np.cos(np.pi * 1 / 2)) / 2
     np.testing.assert_allclose(float(model.teacher_momentum()), expected, rtol=1e-7)
+    # No warm-up: the final temperature from the first step, as in DINO's code.
+    no_warmup = _model(warmup_teacher_temperature_epochs=0, teacher_temperature=0.07)
+    no_warmup.compile(optimizer=_sgd())
+    np.testing.assert_allclose(float(no_warmup.current_teacher_temperature()), 0.07, rtol=1e-6)
 
 
 def test_last_layer_frozen_in_the_first_epoch_only():
