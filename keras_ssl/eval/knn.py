@@ -19,15 +19,18 @@ def knn_accuracy(
     temperature=0.07,
     num_classes=None,
     batch_size=1024,
+    top=1,
 ):
-    """Top-1 accuracy of a temperature-weighted kNN classifier on frozen features.
+    """Top-1 (or top-``top``) accuracy of a temperature-weighted kNN classifier on frozen
+    features.
 
     The protocol of Wu et al. 2018 ("Unsupervised Feature Learning via Non-Parametric
     Instance Discrimination") as used by DINO (Caron et al. 2021, "Emerging Properties in
     Self-Supervised Vision Transformers", ``eval_knn.py``) and solo-learn: features are
     L2-normalised, each test feature takes its ``k`` train neighbours of highest cosine
     similarity ``s``, each neighbour votes for its class with weight ``exp(s / T)``, and
-    the class with the largest summed vote is predicted. Runs with ``keras.ops`` on any
+    the class with the largest summed vote is predicted (DINO also reports top-5: the
+    true class among the five of largest vote, ``top=5``). Runs with ``keras.ops`` on any
     backend, ``batch_size`` test rows at a time.
 
     Args:
@@ -39,9 +42,11 @@ def knn_accuracy(
         temperature: ``T`` of the vote weights. DINO uses 0.07.
         num_classes: number of classes; default ``max(label) + 1``.
         batch_size: test rows per chunk (memory is ``batch_size * N`` floats).
+        top: a test row counts as correct when its class is among the ``top`` classes
+            of largest vote (1: top-1 accuracy).
 
     Returns:
-        Top-1 accuracy on the test set, a Python float in ``[0, 1]``.
+        The top-``top`` accuracy on the test set, a Python float in ``[0, 1]``.
 
     Example:
 
@@ -80,6 +85,8 @@ def knn_accuracy(
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    if not 1 <= top <= num_classes:
+        raise ValueError(f"top must be between 1 and the {num_classes} classes, got {top}.")
     k = min(int(k), len(train_features))
 
     bank = l2_normalize(ops.convert_to_tensor(train_features))
@@ -96,6 +103,10 @@ def knn_accuracy(
         votes = ops.sum(
             ops.one_hot(neighbour_labels, num_classes) * ops.expand_dims(weights, -1), axis=1
         )  # (b, C)
-        predictions = ops.convert_to_numpy(ops.argmax(votes, axis=-1))
-        correct += int(np.sum(predictions == test_labels[start : start + batch_size]))
+        votes = ops.convert_to_numpy(votes)
+        truth = test_labels[start : start + batch_size]
+        true_votes = votes[np.arange(len(truth)), truth][:, None]
+        # a hit: the true class has a vote, and fewer than `top` classes have more
+        rank = np.sum(votes > true_votes, axis=1)
+        correct += int(np.sum((true_votes[:, 0] > 0) & (rank < top)))
     return correct / len(test_features)

@@ -4,7 +4,7 @@ import pytest
 from keras_ssl.eval import knn_accuracy
 
 
-def _reference_knn(train_x, train_y, test_x, test_y, k, temperature, num_classes):
+def _reference_knn(train_x, train_y, test_x, test_y, k, temperature, num_classes, top=1):
     """Loop over test points, written from DINO's eval_knn.py formula."""
     train_x = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
     test_x = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
@@ -15,7 +15,7 @@ def _reference_knn(train_x, train_y, test_x, test_y, k, temperature, num_classes
         votes = np.zeros(num_classes)
         for j in neighbours:
             votes[train_y[j]] += np.exp(sim[j] / temperature)
-        correct += int(np.argmax(votes) == y)
+        correct += int(votes[y] > 0 and y in np.argsort(-votes)[:top])
     return correct / len(test_y)
 
 
@@ -35,6 +35,13 @@ def test_matches_numpy_reference(k):
     assert knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=0.5) == (
         pytest.approx(expected, abs=1e-9)
     )
+    # top-3 of 4 classes: the true class among the three of largest vote (with k = 1 only
+    # one class has a vote, so top-3 is top-1)
+    expected = _reference_knn(train_x, train_y, test_x, test_y, k, 0.07, 4, top=3)
+    got = knn_accuracy(train_x, train_y, test_x, test_y, k=k, top=3, batch_size=16)
+    assert got == pytest.approx(expected, abs=1e-9)
+    top1 = knn_accuracy(train_x, train_y, test_x, test_y, k=k)
+    assert got > top1 if k > 1 else got == top1
 
 
 def test_perfect_clusters_and_k_larger_than_bank():
@@ -54,6 +61,8 @@ def test_bad_inputs():
         knn_accuracy(x, [0, 1, 0, 1], np.ones((2, 5)), [0, 1])
     with pytest.raises(ValueError, match="k must"):
         knn_accuracy(x, [0, 1, 0, 1], x, [0, 1, 0, 1], k=0)
+    with pytest.raises(ValueError, match="top must be between 1 and the 2 classes"):
+        knn_accuracy(x, [0, 1, 0, 1], x, [0, 1, 0, 1], top=5)
 
 
 def test_vote_weights_follow_exp_of_similarity_over_temperature():
