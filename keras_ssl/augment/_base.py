@@ -78,21 +78,33 @@ def _strip_layer_names(config):
     return config
 
 
+def _fully_described_by_config(layer):
+    """Whether `layer` and every layer inside it are keras_ssl augmentations, whose configs
+    hold everything they compute with (a user's layer may keep state outside its config)."""
+    return all(
+        type(inner).__module__.startswith("keras_ssl.augment")
+        for inner in layer._flatten_layers(include_self=True, recursive=True)
+    )
+
+
 class _StaticLayer:
     """Hashable handle on a layer for ``jax.jit`` static arguments.
 
-    Layers with the same class and configuration (names and seeds aside: a seed only sets the
-    initial random state, which is passed in) compute the same pure function of
-    (random state, images), so they share one compiled function.
+    keras_ssl augmentations with the same class and configuration (names and seeds aside: a
+    seed only sets the initial random state, which is passed in) compute the same pure
+    function of (random state, images), so they share one compiled function. Any other
+    layer, or a pipeline holding one, has a compiled function of its own.
     """
 
     def __init__(self, layer):
         self.layer = layer
-        try:
-            config = _strip_layer_names(layer.get_config())
-            self.key = (type(layer).__qualname__, json.dumps(config, sort_keys=True, default=str))
-        except Exception:  # unserialisable wrapped layer: fall back to identity
-            self.key = (type(layer).__qualname__, id(layer))
+        self.key = (type(layer), id(layer))
+        if _fully_described_by_config(layer):
+            try:
+                config = _strip_layer_names(layer.get_config())
+                self.key = (type(layer), json.dumps(config, sort_keys=True, default=str))
+            except Exception:  # an unserialisable layer keeps its own compiled function
+                pass
 
     def __hash__(self):
         return hash(self.key)
@@ -129,6 +141,9 @@ class AugmentationLayer(DataLayer):
     _jit_eager = True
 
     def __init__(self, seed=None, **kwargs):
+        # Pixels stay float32 through the whole pipeline under a mixed-precision policy (a
+        # 16-bit policy would round the images after every stage); the model casts its input.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)

@@ -12,6 +12,31 @@ import numpy as np
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
+def static_image_size(images, layer_name):
+    """``(height, width)`` of a batch, which the crop and blur matrices are built for."""
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError(
+            f"{layer_name} needs images of a known height and width, got shape "
+            f"{tuple(images.shape)}. In a tf.data pipeline, resize the images to one size "
+            "before augmenting (e.g. `tf.image.resize`, or keras_ssl.data.image_folder(..., "
+            "image_size=...)), and batch them with drop_remainder or a static shape."
+        )
+    return int(height), int(width)
+
+
+def check_color_channels(images, layer_name):
+    """Colour augmentations take RGB (3 channels) or grayscale (1 channel) images."""
+    channels = images.shape[-1]
+    if channels not in (1, 3):
+        raise ValueError(
+            f"{layer_name} takes RGB (3 channels) or grayscale (1 channel) images, got "
+            f"shape {tuple(images.shape)}. Drop an alpha channel (`images[..., :3]`); in "
+            "tf.data, decode with a fixed channel count (`tf.io.decode_image(..., "
+            "channels=3)`)."
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Separable per-image linear resampling.
 # --------------------------------------------------------------------------------------------
@@ -62,7 +87,7 @@ def interpolation_matrix(B, start, length, in_size, out_size):
 def crop_resize(B, images, boxes, height, width):
     """Crops ``boxes`` = ``(N, 4)`` rows ``(top, left, box_h, box_w)`` (pixels) and resizes
     each crop to ``(height, width)`` with antialiased bilinear interpolation."""
-    in_h, in_w = int(images.shape[1]), int(images.shape[2])
+    in_h, in_w = static_image_size(images, "RandomResizedCrop")
     boxes = B.core.cast(boxes, "float32")
     ry = interpolation_matrix(B, boxes[:, 0], boxes[:, 2], in_h, height)
     rx = interpolation_matrix(B, boxes[:, 1], boxes[:, 3], in_w, width)
@@ -114,7 +139,7 @@ def gaussian_blur(B, images, sigma, kernel_size):
     Matches torchvision's ``gaussian_blur`` (kernel ``exp(-x^2 / 2 sigma^2)`` on
     ``linspace(-r, r, kernel_size)``, normalised; reflect padding).
     """
-    in_h, in_w = int(images.shape[1]), int(images.shape[2])
+    in_h, in_w = static_image_size(images, "GaussianBlur")
     ry = blur_matrix(B, sigma, in_h, kernel_size)
     rx = ry if in_h == in_w else blur_matrix(B, sigma, in_w, kernel_size)
     return apply_separable(B, images, ry, rx)

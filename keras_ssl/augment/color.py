@@ -1,5 +1,7 @@
 """Photometric augmentations: colour jitter, random grayscale, solarize (per image)."""
 
+import numbers
+
 import keras
 
 from keras_ssl.augment import _ops
@@ -8,7 +10,7 @@ from keras_ssl.augment._base import AugmentationLayer, check_probability
 
 def _factor_range(value, name, center=1.0, bound=None, clip_min=0.0):
     """torchvision's ``ColorJitter._check_input``: ``x -> [max(clip_min, c - x), c + x]``."""
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         value = float(value)
         if value < 0:
             raise ValueError(f"`{name}` must be non-negative. Received: {value}")
@@ -19,6 +21,8 @@ def _factor_range(value, name, center=1.0, bound=None, clip_min=0.0):
         lo, hi = (float(v) for v in value)
         if lo > hi:
             raise ValueError(f"`{name}` must be a (min, max) pair. Received: {value}")
+        if clip_min is not None and lo < clip_min:
+            raise ValueError(f"`{name}` factors must be >= {clip_min}. Received: {value}")
     if bound is not None and (lo < bound[0] or hi > bound[1]):
         raise ValueError(f"`{name}` values must lie in {bound}. Received: {(lo, hi)}")
     return lo, hi
@@ -96,6 +100,7 @@ class ColorJitter(AugmentationLayer):
     def augment(self, images):
         B = self.backend
         np_ = B.numpy
+        _ops.check_color_channels(images, "ColorJitter")
         ops = self._active_ops(int(images.shape[-1]))
         n = self.batch_size(images)
         num = len(ops)
@@ -163,6 +168,7 @@ class RandomGrayscale(AugmentationLayer):
         self.probability = check_probability("probability", probability)
 
     def augment(self, images):
+        _ops.check_color_channels(images, "RandomGrayscale")
         apply = self.per_image_mask(images, self.probability)
         if int(images.shape[-1]) == 1:
             return images

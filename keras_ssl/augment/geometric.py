@@ -1,6 +1,7 @@
 """Geometric augmentations: random resized crop and horizontal flip (per image)."""
 
 import math
+import numbers
 
 import keras
 
@@ -11,7 +12,7 @@ _NUM_CANDIDATES = 10
 
 
 def _pair(value, name):
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         return float(value), float(value)
     value = tuple(float(v) for v in value)
     if len(value) != 2 or value[0] > value[1]:
@@ -74,7 +75,7 @@ class RandomResizedCrop(AugmentationLayer):
         """Per-image boxes ``(N, 4)`` = ``(top, left, box_h, box_w)`` in pixels (float32)."""
         B = self.backend
         np_ = B.numpy
-        in_h, in_w = int(images.shape[1]), int(images.shape[2])
+        in_h, in_w = _ops.static_image_size(images, type(self).__name__)
         n = self.batch_size(images)
         k = _NUM_CANDIDATES
         u = self.uniform((n, 4 * k))

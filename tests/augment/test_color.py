@@ -120,3 +120,14 @@ def test_jitter_seeds():
     c = _np(ColorJitter(0.4, 0.4, 0.4, 0.1, seed=6)(x))
     np.testing.assert_allclose(a, b)
     assert not np.allclose(a, c)
+
+
+def test_factor_and_channel_checks():
+    with pytest.raises(ValueError, match="`brightness` factors must be >= 0"):
+        ColorJitter(brightness=(-1.0, -0.5))
+    scalar = ColorJitter(np.float32(0.4), np.float64(0.4), 0, 0)  # NumPy scalars are numbers
+    assert scalar.brightness == pytest.approx((0.6, 1.4))
+    for layer in (ColorJitter(0.4, 0.4, 0.4, 0.1), RandomGrayscale(1.0)):
+        for channels in (2, 4):
+            with pytest.raises(ValueError, match=r"RGB \(3 channels\) or grayscale"):
+                layer(_images(channels=channels))

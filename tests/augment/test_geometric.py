@@ -122,3 +122,14 @@ def test_seeds(make):
     a, b, c = _np(make(5)(x)), _np(make(5)(x)), _np(make(6)(x))
     np.testing.assert_allclose(a, b)
     assert not np.allclose(a, c)
+
+
+def test_images_of_unknown_size_in_tf_data_get_a_clear_error():
+    import tensorflow as tf
+
+    images = tf.data.Dataset.from_generator(
+        lambda: iter([np.zeros((2, 8, 8, 3), "float32")]),
+        output_signature=tf.TensorSpec((None, None, None, 3), tf.float32),
+    )
+    with pytest.raises(ValueError, match="needs images of a known height and width"):
+        images.map(RandomResizedCrop(4, 4, scale=np.float32(0.5), seed=0))

@@ -202,3 +202,35 @@ def test_round_trip_reproduces_outputs():
     clone = SimCLRAugment.from_config(SimCLRAugment(16, seed=9).get_config())
     for a, b in zip(layer(x), clone(x), strict=True):
         np.testing.assert_allclose(_np(a), _np(b))
+
+
+class _Gain(keras.layers.Layer):
+    """A user's layer whose factor is set outside its config."""
+
+    gain = 1.0
+
+    def call(self, images):
+        return images * self.gain
+
+
+def test_eager_calls_of_user_layers_do_not_share_compiled_functions():
+    # On JAX eager calls run through cached jax.jit functions; only keras_ssl's own layers,
+    # which their configs describe fully, may share one.
+    images = np.full((2, 4, 4, 3), 0.25, "float32")
+    for gain in (1.0, 2.0, 3.0):
+        layer = _Gain()
+        layer.gain = gain
+        np.testing.assert_allclose(_np(RandomApply(layer, probability=1.0)(images)), 0.25 * gain)
+
+
+def test_views_stay_float32_under_mixed_precision():
+    images = _uint8_images(n=4, size=16)
+    reference = _np(SimCLRAugment.small_images(16, seed=3)(images)[0])
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        augment = SimCLRAugment.small_images(16, seed=3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    views = augment(images)
+    assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in views)
+    np.testing.assert_allclose(_np(views[0]), reference, atol=1e-6)
