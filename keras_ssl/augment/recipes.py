@@ -559,6 +559,20 @@ class DINOMultiCrop(_MultiViewRecipe):
         return pipelines
 
     @classmethod
+    def dinov2(cls, global_size=224, local_size=96, **overrides):
+        """DINOv2's multi-crop (Oquab et al. 2023, ``ssl_default_config.yaml``): DINO's
+        pipeline with the crop areas ``global_crop_scale=(0.32, 1.0)`` and
+        ``local_crop_scale=(0.05, 0.32)``. Any argument can be overridden.
+
+        >>> from keras_ssl.augment import DINOMultiCrop
+        >>> DINOMultiCrop.dinov2(seed=0).recipe["local_crop_scale"]
+        [0.05, 0.32]
+        """
+        config = dict(global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32))
+        config.update(overrides)
+        return cls(global_size, local_size, **config)
+
+    @classmethod
     def small_images(cls, image_size=32, **overrides):
         """DINO multi-crop for 28-96 px images (MNIST-like 28 px, CIFAR 32 px, STL-10 96 px).
 

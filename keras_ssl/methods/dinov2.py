@@ -67,6 +67,9 @@ class DINOv2(DINO):
       patches; the patch centre follows the mean teacher output of the masked patches
       (over the global batch in both cases), as DINOv2.
 
+    DINOv2's own multi-crop is `keras_ssl.augment.DINOMultiCrop.dinov2()` (DINO's
+    pipeline with the crop areas 0.32-1 and 0.05-0.32).
+
     The total loss is `dino_loss + ibot_loss_weight * ibot + koleo_loss_weight * koleo`;
     the logged `dino_loss`, `ibot_loss` and `koleo_loss` are the weighted terms, so they
     add up to `loss`. Local crops get the CLS-only DINO loss (no masks). The masks come

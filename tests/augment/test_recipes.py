@@ -159,6 +159,11 @@ def test_byol_and_dino_pipelines():
     assert _strip(dino.pipelines[2].get_config()) == _strip(dino.pipelines[9].get_config())
     assert DINOMultiCrop(num_local_crops=0).num_views == 2
 
+    dinov2 = DINOMultiCrop.dinov2(local_size=98)  # DINOv2's crop areas, DINO's pipeline
+    _check_asymmetric_pair(dinov2.pipelines[0], dinov2.pipelines[1], (0.32, 1.0), 224)
+    local = _layer(dinov2.pipelines[2], RandomResizedCrop)
+    assert (local.height, local.scale) == (98, (0.05, 0.32)) and dinov2.num_views == 10
+
 
 def test_small_images():
     byol = BYOLAugment.small_images(32)
