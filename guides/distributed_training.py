@@ -89,6 +89,9 @@ if BACKEND == "torch" and "RANK" not in os.environ:
 `data_parallel()` returns an engine object: build and compile the model in
 `engine.scope()` (the strategy scope on TensorFlow), give `fit` this process's share of
 the data (`engine.shard`) and this process's batch size (`engine.batch_size`).
+`engine.shard` takes arrays, or a `keras_ssl.data.image_folder` data set built with the
+same `seed` in every process (each process then reads its own images of each epoch's
+shuffled order).
 """
 
 import json

@@ -66,6 +66,8 @@ class ImageFolderDataset(keras.utils.PyDataset):
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
+        num_shards=1,
+        shard_index=0,
     ):
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
@@ -121,7 +123,31 @@ class ImageFolderDataset(keras.utils.PyDataset):
         self.file_paths = paths
         self.labels = np.asarray(label_ids, dtype="int32") if self.with_labels else None
         self._seed = np.random.SeedSequence(seed).entropy  # `seed`, or fresh entropy for None
-        self.set_epoch(0)
+        self._seeded = seed is not None
+        self.shard(num_shards, shard_index)
+
+    def shard(self, num_shards, index):
+        """Keeps shard `index` of `num_shards`: every epoch, images `index`, `index +
+        num_shards`, ... of the epoch's order, the order cut to a multiple of `num_shards`
+        so that every shard has as many images (as torch's `DistributedSampler`, which
+        pads where this drops). One shard per process in multi-process training
+        (`DataParallelEngine.shard` calls this); returns the dataset.
+        """
+        num_shards, index = int(num_shards), int(index)
+        if num_shards < 1 or not 0 <= index < num_shards:
+            raise ValueError(
+                f"shard_index must be in [0, num_shards), got {index} of {num_shards}."
+            )
+        if num_shards > 1 and self.shuffle and not self._seeded:
+            raise ValueError(
+                "Sharded shuffling needs the same `seed` in every process, so that the shards "
+                "split one order: pass seed= to image_folder."
+            )
+        if num_shards > len(self.file_paths):
+            raise ValueError(f"{len(self.file_paths)} images cannot fill {num_shards} shards.")
+        self.num_shards, self.shard_index = num_shards, index
+        self.set_epoch(getattr(self, "epoch", 0))
+        return self
 
     def set_epoch(self, epoch):
         """Orders the images for epoch `epoch` (from 0). With `shuffle`, the order is a
@@ -131,9 +157,11 @@ class ImageFolderDataset(keras.utils.PyDataset):
         self.epoch = int(epoch)
         count = len(self.file_paths)
         if self.shuffle:
-            self._order = np.random.default_rng([self._seed, self.epoch]).permutation(count)
+            order = np.random.default_rng([self._seed, self.epoch]).permutation(count)
         else:
-            self._order = np.arange(count)
+            order = np.arange(count)
+        kept = count - count % self.num_shards
+        self._order = order[:kept][self.shard_index :: self.num_shards]
 
     @property
     def num_classes(self):
@@ -141,10 +169,11 @@ class ImageFolderDataset(keras.utils.PyDataset):
 
     @property
     def num_samples(self):
-        return len(self.file_paths)
+        """Images this dataset yields an epoch (its shard's, when sharded)."""
+        return len(self._order)
 
     def __len__(self):
-        return math.ceil(len(self.file_paths) / self.batch_size)
+        return math.ceil(len(self._order) / self.batch_size)
 
     def load_image(self, file_path):
         """Decode one file to float32 ``(H, W, C)`` in ``[0, 1]``."""
@@ -190,6 +219,8 @@ def image_folder(
     workers=1,
     use_multiprocessing=False,
     max_queue_size=10,
+    num_shards=1,
+    shard_index=0,
 ):
     """A folder tree of images as batches for ``model.fit`` on any Keras backend.
 
@@ -217,6 +248,10 @@ def image_folder(
             each class folder).
         workers, use_multiprocessing, max_queue_size: passed to
             ``keras.utils.PyDataset`` for parallel loading.
+        num_shards, shard_index: in multi-process training (PyTorch DDP, JAX on several
+            hosts), each process reads shard ``shard_index`` of ``num_shards`` (see
+            ``ImageFolderDataset.shard``; ``engine.shard(data)`` sets them); sharded
+            shuffling needs the same ``seed`` in every process.
 
     Returns:
         An ``ImageFolderDataset`` (a ``keras.utils.PyDataset``) whose batches are float32
@@ -257,4 +292,6 @@ def image_folder(
         workers=workers,
         use_multiprocessing=use_multiprocessing,
         max_queue_size=max_queue_size,
+        num_shards=num_shards,
+        shard_index=shard_index,
     )

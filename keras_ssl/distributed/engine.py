@@ -53,14 +53,26 @@ class DataParallelEngine:
         return global_batch_size // self.num_processes
 
     def shard(self, data):
-        """This process's share of in-memory data (an array or a tuple/list of arrays).
+        """This process's share of in-memory data (an array or a tuple/list of arrays), or
+        of a `keras_ssl.data.image_folder` data set.
 
-        Contiguous, equal-sized blocks (the remainder dropped) so that every process runs
-        the same number of steps; unchanged with one process. `tf.data` pipelines and
-        Keras's JAX data loading shard for you.
+        Arrays: contiguous, equal-sized blocks (the remainder dropped) so that every
+        process runs the same number of steps; an image folder: every `num_processes`-th
+        image of each epoch's order (`ImageFolderDataset.shard`). Unchanged with one
+        process. `tf.data` pipelines and Keras's JAX data loading shard for you; a torch
+        `DataLoader` takes a `DistributedSampler`.
         """
+        if hasattr(data, "shard") and hasattr(data, "file_paths"):  # an ImageFolderDataset
+            return data.shard(self.num_processes, self.process_index)
         if self.num_processes == 1:
             return data
+        if not (isinstance(data, (tuple, list)) or hasattr(data, "shape")):
+            raise TypeError(
+                f"engine.shard takes arrays or an image_folder data set, got "
+                f"{type(data).__name__}: shard it yourself (each process reading every "
+                f"{self.num_processes}-th sample from index process_index), or use a torch "
+                "DataLoader with a DistributedSampler."
+            )
         if isinstance(data, (tuple, list)):
             return type(data)(self.shard(d) for d in data)
         size = len(data) // self.num_processes

@@ -7,6 +7,7 @@ flipped bit in a weight would otherwise load silently."""
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 
 import keras
@@ -43,12 +44,16 @@ def _version():
 
 
 def _version_tuple(version):
+    """The release numbers of a version: "0.1.0rc1" -> (0, 1, 0) (a pre-release is not
+    newer than its release), "1.2.dev3" -> (1, 2)."""
     parts = []
     for piece in str(version).split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
+        if digits.end() < len(piece):  # "0rc1": the release numbers end here
+            break
     return tuple(parts)
 
 

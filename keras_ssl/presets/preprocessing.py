@@ -1,7 +1,5 @@
 """The evaluation preprocessing of a preset as a serialisable Keras layer."""
 
-import math
-
 import keras
 from keras import ops
 
@@ -21,7 +19,8 @@ class Preprocessing(keras.layers.Layer):
     1. ``uint8`` images are divided by 255 (float images are taken as ``[0, 1]``);
     2. the shorter side is resized to ``resize_size`` keeping the aspect ratio
        (``long = int(resize_size * long / short)``, torchvision's rule);
-    3. a centred ``crop_size`` square is cut (offset ``round((H - crop) / 2)``);
+    3. a centred ``crop_size`` square is cut (offset ``round((H - crop) / 2)``, halves to
+       even as Python's ``round`` and torchvision);
     4. ``(x - mean) / std`` per channel.
 
     Resizing uses ``keras.ops.image.resize`` with antialiasing; it is close to, not
@@ -121,8 +120,9 @@ class Preprocessing(keras.layers.Layer):
                     f"Cannot centre-crop {crop} px from {height}x{width} images; resize first "
                     "(resize_size >= crop_size)."
                 )
-            top = int(math.floor((height - crop) / 2.0 + 0.5))
-            left = int(math.floor((width - crop) / 2.0 + 0.5))
+            # torchvision's CenterCrop: Python's round, which takes halves to even
+            top = int(round((height - crop) / 2.0))
+            left = int(round((width - crop) / 2.0))
             images = images[:, top : top + crop, left : left + crop, :]
         mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
         std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)

@@ -88,6 +88,32 @@ def test_the_order_is_a_function_of_seed_and_epoch(tree):
     assert not np.array_equal(orders[0], orders[2])
 
 
+def test_shards_split_each_epochs_order_into_equal_disjoint_parts(tree):
+    from keras_ssl.distributed import DataParallelEngine
+
+    whole = image_folder(tree, 4, batch_size=1, seed=3)
+    shards = [
+        image_folder(tree, 4, batch_size=1, seed=3, num_shards=2, shard_index=i) for i in (0, 1)
+    ]
+    for epoch in range(3):
+        for data in (whole, *shards):
+            data.set_epoch(epoch)
+        # 5 images: the epoch's order cut to 4, then every second image
+        np.testing.assert_array_equal(shards[0]._order, whole._order[0:4:2])
+        np.testing.assert_array_equal(shards[1]._order, whole._order[1:4:2])
+        assert len(shards[0]) == len(shards[1]) == 2 and shards[0].num_samples == 2
+    engine = DataParallelEngine("torch", num_replicas=2, process_index=1, num_processes=2)
+    sharded = engine.shard(image_folder(tree, 4, batch_size=1, seed=3))
+    sharded.set_epoch(2)
+    np.testing.assert_array_equal(sharded._order, shards[1]._order)
+    with pytest.raises(ValueError, match="same `seed` in every process"):
+        image_folder(tree, 4, num_shards=2, shard_index=0)
+    with pytest.raises(ValueError, match=r"shard_index must be in \[0, num_shards\)"):
+        image_folder(tree, 4, seed=0, num_shards=2, shard_index=2)
+    with pytest.raises(TypeError, match="engine.shard takes arrays or an image_folder"):
+        engine.shard(keras.utils.PyDataset())
+
+
 def test_a_resumed_fit_reads_the_order_of_its_epoch(tree):
     import keras_ssl
     from keras_ssl.backbones import ConvNet

@@ -137,6 +137,14 @@ def test_native_errors(tmp_path):
         keras_ssl.from_preset(tmp_path / "p")
 
 
+def test_pre_releases_are_not_newer_than_their_release():
+    from keras_ssl.presets.native import _version_tuple
+
+    assert _version_tuple("0.1.0rc1") == _version_tuple("0.1.0") == (0, 1, 0)
+    assert _version_tuple("1.0.0b2+local") == (1, 0, 0) and _version_tuple("1.2.dev3") == (1, 2)
+    assert _version_tuple("0.2.0a1") > _version_tuple("0.1.9")
+
+
 def test_upload_preset_calls_the_hub_api(tmp_path, monkeypatch):
     import huggingface_hub
 
@@ -176,6 +184,10 @@ def test_preprocessing_matches_numpy():
         [0.5, 2, 4]
     )
     np.testing.assert_allclose(_np(layer(images)), expected, rtol=1e-6, atol=1e-6)
+    # odd margins: torchvision's CenterCrop rounds 2.5 -> 2 and 5.5 -> 6 (halves to even)
+    odd = np.random.default_rng(1).random((1, 11, 17, 3)).astype("float32")
+    plain = Preprocessing(resize_size=None, crop_size=6, mean=(0, 0, 0), std=(1, 1, 1))
+    np.testing.assert_allclose(_np(plain(odd)), odd[:, 2:8, 6:12], rtol=1e-6)
     resize = Preprocessing(resize_size=8, crop_size=8)
     assert resize.output_size(300, 400) == (8, 8)
     assert resize._resized(300, 400) == (8, 10)  # torchvision: int(8 * 400 / 300)
