@@ -40,6 +40,23 @@ def _list_images(folder, extensions, recursive):
     return found
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _eight_bit_or_unit_float(img):
+    """8-bit images as they are; 16-bit grey images (which Pillow's `convert` would clip
+    to white) as a float image in [0, 1]; float images are refused: their range is
+    unknown."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        return Image.fromarray(np.asarray(img, dtype="float32") / 65535.0, mode="F")
+    if img.mode == "F":
+        raise ValueError(
+            "it is a floating-point image (Pillow mode 'F'), whose value range is unknown; "
+            "convert it to an 8- or 16-bit image"
+        )
+    return img
+
+
 def _image_size(image_size):
     if isinstance(image_size, int):
         return (image_size, image_size)
@@ -181,12 +198,17 @@ class ImageFolderDataset(keras.utils.PyDataset):
         try:
             with Image.open(file_path) as img:
                 img = ImageOps.exif_transpose(img)
-                img = img.convert("RGB" if self.channels == 3 else "L")
+                img = _eight_bit_or_unit_float(img)
+                if img.mode != "F":
+                    img = img.convert("RGB" if self.channels == 3 else "L")
                 # Resize the shorter side to fit, then centre crop (keeps the aspect ratio).
                 img = ImageOps.fit(img, (width, height), method=Image.Resampling.BILINEAR)
                 array = np.asarray(img, dtype="float32")
         except Exception as e:
             raise ValueError(f"Cannot read image file {file_path}: {e}") from e
+        if img.mode == "F":  # a 16-bit grey image, already in [0, 1]
+            array = np.repeat(array[..., None], self.channels, axis=-1)
+            return np.clip(array, 0.0, 1.0)
         if array.ndim == 2:
             array = array[..., None]
         return array / 255.0
@@ -228,7 +250,8 @@ def image_folder(
     which suits self-supervised pre-training on unlabelled images. Files are decoded with
     Pillow (EXIF orientation applied), converted to RGB or grey-scale, resized so that
     the image covers ``image_size`` (shorter side first, keeping the aspect ratio) and
-    centre cropped to exactly ``image_size`` (``PIL.ImageOps.fit``, bilinear). Hidden
+    centre cropped to exactly ``image_size`` (``PIL.ImageOps.fit``, bilinear); 16-bit grey
+    images are read on their [0, 65535] scale, floating-point images are refused. Hidden
     files and folders (names starting with ``.``) are skipped. The last batch may be
     smaller.
 

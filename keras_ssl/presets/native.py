@@ -227,6 +227,25 @@ def _verified_file(source, name, required=True, metadata=None):
     return path
 
 
+def _with_overrides(overrides):
+    return f" with the overrides {overrides}" if overrides else ""
+
+
+def _count_arrays(weights_path):
+    """Number of arrays in a `.weights.h5` file."""
+    import h5py
+
+    count = 0
+
+    def visit(_, item):
+        nonlocal count
+        count += isinstance(item, h5py.Dataset)
+
+    with h5py.File(weights_path, "r") as file:
+        file.visititems(visit)
+    return count
+
+
 def is_native_config(config):
     return isinstance(config, dict) and "class_name" in config and "config" in config
 
@@ -267,8 +286,17 @@ def load_native(source, overrides=None):
     except ValueError as error:
         raise PresetError(
             f"The weights of {source.description} do not fit the model its {CONFIG_FILE} "
-            f"describes: {error}"
+            f"describes{_with_overrides(overrides)}: {error}"
         ) from None
+    if overrides and _count_arrays(weights) != len(model.weights):
+        # Keras loads a file with more arrays than the model has without a word: a smaller
+        # override (depth=2 of a depth-4 ViT) would leave part of the network behind.
+        raise PresetError(
+            f"The weights of {source.description} hold {_count_arrays(weights)} arrays but "
+            f"the model built{_with_overrides(overrides)} has {len(model.weights)}: the "
+            "overrides change the architecture. Pass only options that keep the weights (e.g. "
+            "output=), or build the model yourself and load what fits."
+        )
     preprocessing = None
     path = source.get(PREPROCESSING_FILE, required=False)
     if path is not None:

@@ -114,6 +114,18 @@ def test_shards_split_each_epochs_order_into_equal_disjoint_parts(tree):
         engine.shard(keras.utils.PyDataset())
 
 
+def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
+    grey = np.full((6, 6), 32768, dtype=np.uint16)  # half of the 16-bit range
+    Image.fromarray(grey).save(tmp_path / "a.png")
+    for color_mode, channels in (("rgb", 3), ("grayscale", 1)):
+        batch = image_folder(tmp_path, 4, batch_size=1, color_mode=color_mode)[0]
+        assert batch.shape == (1, 4, 4, channels) and batch.dtype == np.float32
+        np.testing.assert_allclose(batch, 32768 / 65535, atol=1e-6)
+    Image.fromarray(np.full((6, 6), 0.5, dtype=np.float32)).save(tmp_path / "b.tiff")
+    with pytest.raises(ValueError, match=r"b.tiff.*floating-point image \(Pillow mode 'F'\)"):
+        image_folder(tmp_path, 4, batch_size=2, shuffle=False)[0]
+
+
 def test_a_resumed_fit_reads_the_order_of_its_epoch(tree):
     import keras_ssl
     from keras_ssl.backbones import ConvNet

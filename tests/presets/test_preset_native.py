@@ -121,6 +121,10 @@ def test_native_errors(tmp_path):
         keras_ssl.from_preset(tmp_path / "p")  # no hash: HDF5's own error
     metadata_path.write_text(with_hashes)
     weights.write_bytes(good)
+    # an override that drops layers: Keras alone would load the rest and say nothing
+    with pytest.raises(PresetError, match=r"hold \d+ arrays but the model built with the ov"):
+        keras_ssl.from_preset(tmp_path / "p", widths=[8])
+    assert keras_ssl.from_preset(tmp_path / "p", name="renamed").model.name == "renamed"
 
     config_path = tmp_path / "p" / "config.json"
     config = json.loads(config_path.read_text())
