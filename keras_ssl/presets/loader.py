@@ -55,7 +55,9 @@ def from_preset(
       converter, and where it pins them, a revision and the files' sha256;
     * ``"hf://org/repo"`` or ``"hf://org/repo@revision"``: a Keras-native preset
       uploaded with :func:`upload_preset`, or a timm / transformers checkpoint
-      (``config.json`` + ``model.safetensors``) converted on load;
+      (``config.json`` + ``model.safetensors``) converted on load, with the evaluation
+      preprocessing its timm ``pretrained_cfg`` or ``preprocessor_config.json`` states
+      (ImageNet's resize 256 / crop 224 where it states none);
     * a local directory: a Keras-native preset (:func:`save_to_preset`,
       ``tools/convert_checkpoint.py``) or a local copy of a Hub checkpoint.
 
@@ -222,8 +224,6 @@ def _card_from_source_config(source, source_config):
             f"timm vit_* / resnet*); got keys {sorted(source_config)[:12]}."
         )
     pretrained = source_config.get("pretrained_cfg") or {}
-    crop = int((pretrained.get("input_size") or (3, 224, 224))[-1])
-    crop_pct = float(pretrained.get("crop_pct") or 0.875)
     return {
         "name": source.description,
         "backbone": {"class": converters.backbone_class(name), "config": None},
@@ -233,14 +233,58 @@ def _card_from_source_config(source, source_config):
             "files": {"weights": "model.safetensors", "config": "config.json"},
             "sha256": {},
         },
-        "preprocessing": {
-            "resize_size": int(crop / crop_pct),
-            "crop_size": crop,
-            "interpolation": pretrained.get("interpolation") or "bicubic",
-            "mean": list(pretrained.get("mean") or IMAGENET_MEAN),
-            "std": list(pretrained.get("std") or IMAGENET_STD),
-        },
+        "preprocessing": _source_preprocessing(source, pretrained),
         "license": pretrained.get("license"),
+    }
+
+
+_PIL_RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _source_preprocessing(source, pretrained):
+    """The evaluation preprocessing a checkpoint without a card states: timm's
+    `pretrained_cfg`, else transformers' `preprocessor_config.json`, else ImageNet's
+    resize 256 / crop 224 (bicubic)."""
+    spec = {} if pretrained else _transformers_preprocessing(source)
+    if spec:
+        return spec
+    crop = int((pretrained.get("input_size") or (3, 224, 224))[-1])
+    crop_pct = float(pretrained.get("crop_pct") or 0.875)
+    return {
+        "resize_size": int(crop / crop_pct),
+        "crop_size": crop,
+        "interpolation": pretrained.get("interpolation") or "bicubic",
+        "mean": list(pretrained.get("mean") or IMAGENET_MEAN),
+        "std": list(pretrained.get("std") or IMAGENET_STD),
+    }
+
+
+def _side(size, key):
+    """One side from a transformers size entry (an int or a dict), or None."""
+    if isinstance(size, dict):
+        size = size.get(key)
+    return None if size is None else int(size)
+
+
+def _transformers_preprocessing(source):
+    """`preprocessor_config.json` (ViTImageProcessor, BitImageProcessor) as a card's
+    preprocessing; {} when the checkpoint has none. A resize to a fixed height x width
+    (no crop) becomes a resize of the shorter side and a centre crop of that square,
+    which is the same for square images."""
+    path = source.get("preprocessor_config.json", required=False)
+    if path is None:
+        return {}
+    config = native.read_json(path, f"{source.description}: preprocessor_config.json")
+    size = config.get("size") if config.get("do_resize", True) else None
+    shortest = _side(size, "shortest_edge")
+    height = _side(size, "height")
+    crop = _side(config.get("crop_size"), "height") if config.get("do_center_crop") else None
+    return {
+        "resize_size": shortest or height,
+        "crop_size": crop or height or shortest,
+        "interpolation": _PIL_RESAMPLING.get(config.get("resample"), "bicubic"),
+        "mean": list(config.get("image_mean") or IMAGENET_MEAN),
+        "std": list(config.get("image_std") or IMAGENET_STD),
     }
 
 

@@ -18,6 +18,7 @@ import json
 import types
 
 import huggingface_hub
+import keras
 import numpy as np
 import pytest
 
@@ -60,12 +61,24 @@ def offline_hub(tmp_path, monkeypatch):
 
 
 def _put_in_cache(hub, repo, save_dir, config=None):
-    """Puts a ``save_pretrained`` folder (its ``config.json``, or ``config``) in the cache."""
+    """Puts a ``save_pretrained`` folder (its ``config.json``, or ``config``, and any
+    ``preprocessor_config.json``) in the cache."""
     files = {
         "model.safetensors": (save_dir / "model.safetensors").read_bytes(),
         "config.json": config if config is not None else (save_dir / "config.json").read_bytes(),
     }
+    if (save_dir / "preprocessor_config.json").exists():
+        files["preprocessor_config.json"] = (save_dir / "preprocessor_config.json").read_bytes()
     return make_hf_cache(hub["cache"], repo, files)
+
+
+def _check_preprocessing(preprocess, processor, size):
+    """Our preprocessing equals the checkpoint's own image processor on square uint8 images
+    of the size it resizes to (no resampling on either side)."""
+    image = np.random.default_rng(5).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    expected = processor(images=image, return_tensors="np")["pixel_values"][0]
+    got = keras.ops.convert_to_numpy(preprocess(image))
+    np.testing.assert_allclose(got, expected.transpose(1, 2, 0), atol=1e-5)
 
 
 def _official_resize(embeddings, patch):
@@ -136,20 +149,33 @@ def _transformers_reference(save_dir, kind):
 
 def test_transformers_vit_through_hf_handle(offline_hub):
     """A ``facebook/dino-vit*``-style repo: its config says LayerNorm eps 1e-12, the
-    weights need 1e-6; ``from_preset`` detects ``model_type: vit`` and converts."""
+    weights need 1e-6; ``from_preset`` detects ``model_type: vit`` and converts, and takes
+    the preprocessing from the repo's ``preprocessor_config.json``."""
+    import transformers
+
     save_dir = offline_hub["tmp"] / "vit"
     reference = _transformers_reference(save_dir, "vit")
     config = json.loads((save_dir / "config.json").read_text())
     config["layer_norm_eps"] = 1e-12  # as in facebook/dino-vits16's config.json
     repo = "tiny-org/dino-vit-tiny"
+    processor = transformers.ViTImageProcessor(  # a resize to 32 x 32 and mean / std 0.5
+        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor.save_pretrained(save_dir)
     _put_in_cache(offline_hub, repo, save_dir, config=config)
-    model, _ = keras_ssl.from_preset(
+    model, preprocess = keras_ssl.from_preset(
         f"hf://{repo}@{SHA}",
         cache_dir=offline_hub["cache"],
         local_files_only=True,
         output="tokens",
     )
     assert model.layer_norm_epsilon == 1e-6
+    assert (preprocess.resize_size, preprocess.crop_size, preprocess.interpolation) == (
+        32,
+        32,
+        "bilinear",
+    )
+    _check_preprocessing(preprocess, processor, 32)
     assert (repo, "model.safetensors", SHA) in offline_hub["calls"]
     _check_tokens(
         model, reference, [(32, 32), (40, 56)], "hub hf-vit", interpolate_pos_encoding=True
@@ -158,11 +184,23 @@ def test_transformers_vit_through_hf_handle(offline_hub):
 
 @pytest.mark.parametrize("kind", ["dinov2", "registers"])
 def test_transformers_dinov2_through_hf_handle(offline_hub, kind):
+    import transformers
+
     save_dir = offline_hub["tmp"] / kind
     reference = _transformers_reference(save_dir, kind)
     repo = f"tiny-org/{kind}-tiny"
+    processor = transformers.BitImageProcessor(  # as facebook/dinov2-*: 256 -> crop 224
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        do_center_crop=True,
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
+    )
+    processor.save_pretrained(save_dir)
     _put_in_cache(offline_hub, repo, save_dir)
-    model, _ = keras_ssl.from_preset(
+    model, preprocess = keras_ssl.from_preset(
         f"hf://{repo}@{SHA}",
         cache_dir=offline_hub["cache"],
         local_files_only=True,
@@ -170,6 +208,12 @@ def test_transformers_dinov2_through_hf_handle(offline_hub, kind):
     )
     registers = 4 if kind == "registers" else 0
     assert model.num_register_tokens == registers and model.layer_scale_init is not None
+    assert (preprocess.resize_size, preprocess.crop_size, preprocess.interpolation) == (
+        256,
+        224,
+        "bicubic",
+    )
+    _check_preprocessing(preprocess, processor, 256)  # 256 x 256: the crop alone
     assert (repo, "model.safetensors", SHA) in offline_hub["calls"]
     _check_tokens(model, reference, [(56, 56), (70, 98)], f"hub {kind}", registers=registers)
 
