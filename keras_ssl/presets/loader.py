@@ -127,6 +127,8 @@ def from_preset(
     if handle_text.startswith(HF_PREFIX):
         repo, handle_revision = parse_hf_handle(handle_text)
         card = registry.find_card_for_repo(repo)
+        if card is not None:
+            _check_card(card)
         source = HubSource(repo, revision or handle_revision, **hub)
         return _load_from_source(source, card, options, config_overrides)
     if isinstance(handle, str) and registry.NAME_PATTERN.match(handle) and ".." not in handle:
@@ -144,12 +146,16 @@ def from_preset(
     raise PresetError(f"No preset, Hub handle or directory {handle_text!r}.")
 
 
-def _load_card(card, revision, hub, options, overrides):
+def _check_card(card):
+    """Refuses a card this keras_ssl is too old for, or whose files need converting."""
     native.check_version(card.get("min_keras_ssl_version"), f"Preset card {card['name']!r}")
-    source_spec = card["source"]
-    fmt = source_spec["format"]
-    if fmt not in (*_CONVERTIBLE_FORMATS, "keras_ssl"):
+    if card["source"]["format"] not in (*_CONVERTIBLE_FORMATS, "keras_ssl"):
         raise PresetError(_needs_conversion_message(card))
+
+
+def _load_card(card, revision, hub, options, overrides):
+    _check_card(card)
+    source_spec = card["source"]
     if source_spec.get("hub") != "hf" or not source_spec.get("repo"):
         raise PresetError(f"Preset card {card['name']!r} has no Hugging Face 'repo' to load.")
     source = HubSource(source_spec["repo"], revision or source_spec.get("revision"), **hub)
@@ -230,7 +236,7 @@ def _card_from_source_config(source, source_config):
         "source": {
             "format": "safetensors",
             "converter": name,
-            "files": {"weights": "model.safetensors", "config": "config.json"},
+            "files": {"config": "config.json"},  # weights: one file, or split with an index
             "sha256": {},
         },
         "preprocessing": _source_preprocessing(source, pretrained),
@@ -302,10 +308,15 @@ def _read_weights(source, card):
             return path
 
         return read_sharded(index, get_shard)
-    path = source.get(filename, required=not isinstance(source, HubSource) or bool(files))
-    if path is None:  # a Hub checkpoint without a card may be sharded
-        index_name = filename + ".index.json"
-        return read_sharded(source.get(index_name), source.get)
+    path = source.get(filename, required="weights" in files)
+    if path is None:  # a checkpoint without a card may be split, with an index
+        index = source.get(filename + ".index.json", required=False)
+        if index is None:
+            raise PresetError(
+                f"{source.description} has neither {filename} nor {filename}.index.json: "
+                "it holds no safetensors weights."
+            )
+        return read_sharded(index, source.get)
     verify_sha256(path, hashes.get(filename), f"{source.description}/{filename}")
     return read_safetensors(path)
 

@@ -200,6 +200,11 @@ def test_names_and_files_cannot_escape(hub):
 def test_pickle_only_sources_point_to_the_converter_tool():
     with pytest.raises(PresetError, match=r"tools/convert_checkpoint.py --card mocov2_resnet50"):
         keras_ssl.from_preset("mocov2_resnet50")
+    # The card of a repo applies to its hf:// handle too (lightly's torch pickle).
+    with pytest.raises(PresetError, match=r"tools/convert_checkpoint.py --card simclr_resnet50"):
+        keras_ssl.from_preset(
+            "hf://lightly-ai/simclrv1-imagenet1k-resnet50-1x", local_files_only=True
+        )
     # The head comes from the full checkpoint, which converts as a DINO model, not a backbone.
     full = r"tools/convert_checkpoint.py --method dino --card dino_vits16"
     with pytest.raises(PresetError, match=full):

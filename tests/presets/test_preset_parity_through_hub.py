@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import keras_ssl
-from keras_ssl.presets import registry
+from keras_ssl.presets import PresetError, registry
 from keras_ssl.presets.converters import torchvision_resnet
 from tests._support.torch_reference import import_timm, import_torchvision
 from tests.presets._preset_support import SHA, make_hf_cache, safetensors_bytes, write_card
@@ -216,6 +216,22 @@ def test_transformers_dinov2_through_hf_handle(offline_hub, kind):
     _check_preprocessing(preprocess, processor, 256)  # 256 x 256: the crop alone
     assert (repo, "model.safetensors", SHA) in offline_hub["calls"]
     _check_tokens(model, reference, [(56, 56), (70, 98)], f"hub {kind}", registers=registers)
+
+
+def test_a_local_checkpoint_split_into_several_files(tmp_path):
+    """A transformers checkpoint saved in shards (model-0000k-of-0000n.safetensors and
+    model.safetensors.index.json), without a card: the index is read."""
+    reference = _transformers_reference(tmp_path / "whole", "dinov2")
+    split = tmp_path / "split"
+    reference.save_pretrained(split, max_shard_size="100KB")
+    assert not (split / "model.safetensors").exists()
+    assert len(list(split.glob("model-*.safetensors"))) > 1
+    model, _ = keras_ssl.from_preset(split, output="tokens")
+    _check_tokens(model, reference, [(56, 56)], "split dinov2")
+    for shard in split.glob("model*.safetensors*"):
+        shard.unlink()
+    with pytest.raises(PresetError, match=r"neither model.safetensors nor model.safetensors.i"):
+        keras_ssl.from_preset(split)
 
 
 def _random_resnet50(torchvision, torch):
