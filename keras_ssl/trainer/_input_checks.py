@@ -87,13 +87,38 @@ def check_fit_data(model, x, batch_size=None, has_augmenter=True, fit_kwargs=Non
     uses_whole_arrays = not fit_kwargs.get("validation_split") and not fit_kwargs.get(
         "steps_per_epoch"
     )
-    if uses_whole_arrays and 0 < last < model.min_batch_size:
+    replicas = replicas_per_batch(model)
+    if uses_whole_arrays and last and (last % replicas or last // replicas < model.min_batch_size):
+        need = f"at least {model.min_batch_size} per batch"
+        if replicas > 1:
+            need = (
+                f"a batch that splits evenly over its {replicas} replicas, with at least "
+                f"{model.min_batch_size} image(s) each"
+            )
         raise ValueError(
             f"{count} images in batches of {batch_size} leave a last batch of {last} image(s), "
-            f"but {type(model).__name__} needs at least {model.min_batch_size} per batch. Drop "
-            f"the remainder (`x[:{count - last}]`) or choose a batch size that divides the "
-            "data set."
+            f"but {type(model).__name__} needs {need}. Drop the remainder "
+            f"(`x[:{count - last}]`) or choose a batch size that divides the data set."
         )
+
+
+def replicas_per_batch(model):
+    """Devices that split each batch this process feeds to `fit`: the replicas of a
+    `tf.distribute` strategy, the local devices of JAX's data-parallel mesh, else 1 (a
+    torch process feeds one device)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        strategy = getattr(model, "distribute_strategy", None)
+        return int(getattr(strategy, "num_replicas_in_sync", 1))
+    if backend == "jax":
+        distribution = keras.distribution.distribution()
+        mesh = getattr(distribution, "device_mesh", None)
+        if mesh is None:
+            return 1
+        import jax
+
+        return max(1, int(np.prod(mesh.shape)) // jax.process_count())
+    return 1
 
 
 def _check_values(array, images_to_augment):

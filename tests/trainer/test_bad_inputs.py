@@ -13,6 +13,8 @@ Row -> where it is caught (test):
   (test_nan_in_a_streamed_batch_is_reported)
 - batch of 1 for a method that needs 2 -> trainer, every batch (test_batch_of_one)
 - a last batch of 1 -> fit, arrays (test_last_batch_of_one)
+- a last batch that does not split over the replicas -> fit, arrays
+  (test_last_batch_that_does_not_split_over_the_replicas)
 - methods that need 2 images -> class attribute (test_minimum_batch_sizes)
 - MoCo queue smaller than the batch -> MoCoV2, every batch (test_moco_queue_smaller_than_batch)
 - MoCo queue not divisible by the batch -> accepted: a ring buffer
@@ -156,6 +158,19 @@ def test_last_batch_of_one():
     model = _simclr()
     with pytest.raises(ValueError, match=r"last batch of 1 image.*`x\[:8\]`"):
         model.fit(_images(9), batch_size=BATCH, verbose=0)
+
+
+def test_last_batch_that_does_not_split_over_the_replicas(monkeypatch):
+    from keras_ssl.trainer import _input_checks
+
+    model = _simclr()
+    assert _input_checks.replicas_per_batch(model) == 1  # one device
+    # 2 replicas: a last batch of 2 leaves one image each (SimCLR needs 2), 3 does not split
+    monkeypatch.setattr(_input_checks, "replicas_per_batch", lambda model: 2)
+    for count in (10, 11):
+        with pytest.raises(ValueError, match="splits evenly over its 2 replicas, with at least 2"):
+            model.fit(_images(count), batch_size=BATCH, verbose=0)
+    model.fit(_images(12), batch_size=BATCH, epochs=1, verbose=0)  # a last batch of 4: fine
 
 
 def test_minimum_batch_sizes():
