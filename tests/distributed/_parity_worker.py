@@ -120,6 +120,10 @@ def run(name, engine=None):
         # The one-device reference runs eagerly on TF: five graph traces less, same math.
         eager = engine is None and BACKEND == "tensorflow"
         model.compile(optimizer=RecordingSGD(learning_rate=0.5, **clip), run_eagerly=eager)
+    if engine is not None and engine.process_index > 0:
+        # Other processes start elsewhere: fit must copy process 0's weights to them.
+        for variable in model.weights:
+            variable.assign(variable + 1.0)
     data = views(name)
     batch = GLOBAL_BATCH
     if engine is not None:
@@ -145,10 +149,12 @@ def main(out_dir, mode):
         engine = keras_ssl.distributed.data_parallel(num_devices=2)
         assert engine.num_replicas == 2, engine
     chief = engine is None or engine.is_chief
+    # torch: every process saves (the second as "parallel-rank1"), to check they agree
+    label = mode if chief else f"{mode}-rank{engine.process_index}"
     for name in os.environ.get("PARITY_METHODS", ",".join(METHODS)).split(","):
         result = run(name, engine)
-        if chief:
-            np.savez(os.path.join(out_dir, f"{mode}_{name}.npz"), **result)
+        if chief or engine.num_processes > 1:
+            np.savez(os.path.join(out_dir, f"{label}_{name}.npz"), **result)
     if chief:
         print("done", mode)
 
