@@ -138,8 +138,10 @@ class HubSource:
             )
         except errors.LocalEntryNotFoundError:
             # Not in the cache, and downloads are off or the Hub did not answer. (A subclass of
-            # EntryNotFoundError, so it comes first.)
-            if not required and self._cached_snapshot():
+            # EntryNotFoundError, so it comes first.) Offline, an optional file missing from a
+            # cached snapshot is taken as absent; online, the Hub did not answer, and an
+            # optional file (a preset's optimizer state) must not silently go missing.
+            if not required and offline and self._cached_snapshot():
                 return None
             if offline:
                 raise self._offline_error(filename) from None

@@ -143,6 +143,26 @@ def test_no_network_without_cache_says_so(hub, tmp_path, monkeypatch):
         keras_ssl.from_preset("tiny_resnet", cache_dir=tmp_path, local_files_only=False)
 
 
+def test_no_network_is_not_taken_for_an_absent_optional_file(hub, monkeypatch):
+    # A cached snapshot, then the Hub stops answering: an optional file (a preset's
+    # preprocessing or optimizer state) is not silently left out.
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    from keras_ssl.presets.sources import HubSource
+
+    def unreachable(*args, **kwargs):
+        raise errors.LocalEntryNotFoundError("connection error and no cached file")
+
+    source = HubSource(REPO, SHA, cache_dir=hub["cache"], local_files_only=False)
+    assert source._cached_snapshot()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(PresetError, match="could not be downloaded"):
+        source.get("optimizer.json", required=False)
+    offline = HubSource(REPO, SHA, cache_dir=hub["cache"], local_files_only=True)
+    assert offline.get("optimizer.json", required=False) is None
+
+
 def test_missing_file_in_the_snapshot(hub):
     (hub["snapshot"] / "model.safetensors").unlink()
     with pytest.raises(PresetError, match="model.safetensors"):
