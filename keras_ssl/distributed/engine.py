@@ -19,17 +19,21 @@ class DataParallelEngine:
     - `strategy` (TF), `distribution` (JAX): the underlying engine object.
     """
 
-    def __init__(self, backend, num_replicas, process_index=0, num_processes=1, engine=None):
+    def __init__(
+        self, backend, num_replicas, process_index=0, num_processes=1, engine=None, chief=None
+    ):
         self.backend = backend
         self.num_replicas = int(num_replicas)
         self.process_index = int(process_index)
         self.num_processes = int(num_processes)
         self.strategy = engine if backend == "tensorflow" else None
         self.distribution = engine if backend == "jax" else None
+        self._chief = chief
 
     @property
     def is_chief(self):
-        return self.process_index == 0
+        """Whether this process writes checkpoints, logs and results (one process does)."""
+        return self.process_index == 0 if self._chief is None else self._chief
 
     def scope(self):
         """Context to create and compile the model in (the strategy scope on TF)."""
@@ -134,7 +138,14 @@ def data_parallel(num_devices=None, split_cpu=False, torch_backend=None):
         strategy = _tensorflow.start(num_devices, split_cpu_devices=split_cpu)
         resolver = getattr(strategy, "cluster_resolver", None)
         task = getattr(resolver, "task_id", None) or 0
-        return DataParallelEngine("tensorflow", strategy.num_replicas_in_sync, task, 1, strategy)
+        return DataParallelEngine(
+            "tensorflow",
+            strategy.num_replicas_in_sync,
+            task,
+            1,  # the strategy splits each batch over the workers itself
+            strategy,
+            chief=_tensorflow_is_chief(resolver),
+        )
     if backend == "torch":
         import torch.distributed as dist
 
@@ -149,3 +160,13 @@ def data_parallel(num_devices=None, split_cpu=False, torch_backend=None):
             )
         return DataParallelEngine("torch", size, dist.get_rank(), size)
     raise ValueError(f"Unsupported Keras backend {backend!r}.")
+
+
+def _tensorflow_is_chief(resolver):
+    """TF_CONFIG's chief: the "chief" task if the cluster has one, else worker 0."""
+    if resolver is None or getattr(resolver, "task_type", None) is None:
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and (resolver.task_id or 0) == 0

@@ -92,6 +92,24 @@ def test_engine_shards_and_batch_sizes():
         tf_like.batch_size(63)
 
 
+def test_tensorflow_chief_is_the_chief_task_or_else_worker_0():
+    from types import SimpleNamespace
+
+    from keras_ssl.distributed.engine import _tensorflow_is_chief
+
+    def resolver(cluster, task_type, task_id):
+        spec = SimpleNamespace(as_dict=lambda: cluster)
+        return SimpleNamespace(cluster_spec=lambda: spec, task_type=task_type, task_id=task_id)
+
+    with_chief = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    assert _tensorflow_is_chief(resolver(with_chief, "chief", 0))
+    assert not _tensorflow_is_chief(resolver(with_chief, "worker", 0))
+    workers = {"worker": ["b:1", "c:1"]}
+    assert _tensorflow_is_chief(resolver(workers, "worker", 0))
+    assert not _tensorflow_is_chief(resolver(workers, "worker", 1))
+    assert _tensorflow_is_chief(None)  # MirroredStrategy: one process
+
+
 _EXIT_CHECK = textwrap.dedent(
     """
     import atexit
