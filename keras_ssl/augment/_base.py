@@ -150,14 +150,26 @@ class AugmentationLayer(DataLayer):
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def uniform(self, shape, minval=0.0, maxval=1.0):
-        """Uniform floats in [minval, maxval) from this layer's seed generator (backend-aware)."""
-        return self.backend.random.uniform(
-            shape,
+        """Uniform floats in [minval, maxval) from this layer's seed generator (backend-aware).
+
+        In a step that runs once per replica (a `tf.distribute` strategy, torch DDP), where
+        every replica holds the same generator state, each replica takes its own slice of
+        one draw for all replicas: otherwise image i of every replica's shard would get the
+        same crop and colours.
+        """
+        from keras_ssl.ops.distributed import replica_id, world_size
+
+        replicas = world_size()
+        draws = self.backend.random.uniform(
+            (replicas, *shape) if replicas > 1 else shape,
             minval=minval,
             maxval=maxval,
             dtype="float32",
             seed=self._get_seed_generator(self.backend._backend),
         )
+        if replicas > 1:
+            draws = self.backend.numpy.take(draws, replica_id(), axis=0)
+        return draws
 
     def batch_size(self, images):
         return self.backend.core.shape(images)[0]

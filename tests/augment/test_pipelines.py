@@ -234,3 +234,22 @@ def test_views_stay_float32_under_mixed_precision():
     views = augment(images)
     assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in views)
     np.testing.assert_allclose(_np(views[0]), reference, atol=1e-6)
+
+
+def test_replicas_draw_different_crops_from_one_generator_state(monkeypatch):
+    # Under tf.distribute or torch DDP every replica holds the same generator state; each
+    # must take its own slice of one draw for all replicas.
+    from keras_ssl.ops import distributed
+
+    images = _uint8_images(n=4, size=16)
+
+    def views(world, replica):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        monkeypatch.setattr(distributed, "replica_id", lambda: replica)
+        # (training=True: as in the train step, not through the eager cache of compiled calls)
+        return _np(RandomResizedCrop(8, 8, seed=4)(images, training=True))
+
+    first, second = views(2, 0), views(2, 1)
+    assert not np.allclose(first, second)
+    assert not np.allclose(views(1, 0), views(3, 2))
+    np.testing.assert_array_equal(views(2, 0), first)  # each replica's draw is reproducible
