@@ -251,9 +251,10 @@ def _source_preprocessing(source, pretrained):
     """The evaluation preprocessing a checkpoint without a card states: timm's
     `pretrained_cfg`, else transformers' `preprocessor_config.json`, else ImageNet's
     resize 256 / crop 224 (bicubic)."""
-    spec = {} if pretrained else _transformers_preprocessing(source)
-    if spec:
-        return spec
+    if not pretrained:
+        spec = _transformers_preprocessing(source)
+        if spec:
+            return spec
     crop = int((pretrained.get("input_size") or (3, 224, 224))[-1])
     crop_pct = float(pretrained.get("crop_pct") or 0.875)
     return {

@@ -288,11 +288,12 @@ def load_native(source, overrides=None):
             f"The weights of {source.description} do not fit the model its {CONFIG_FILE} "
             f"describes{_with_overrides(overrides)}: {error}"
         ) from None
-    if overrides and _count_arrays(weights) != len(model.weights):
-        # Keras loads a file with more arrays than the model has without a word: a smaller
-        # override (depth=2 of a depth-4 ViT) would leave part of the network behind.
+    # Keras loads a file with more arrays than the model has without a word: a smaller
+    # override (depth=2 of a depth-4 ViT) would leave part of the network behind.
+    arrays = _count_arrays(weights) if overrides else len(model.weights)
+    if arrays != len(model.weights):
         raise PresetError(
-            f"The weights of {source.description} hold {_count_arrays(weights)} arrays but "
+            f"The weights of {source.description} hold {arrays} arrays but "
             f"the model built{_with_overrides(overrides)} has {len(model.weights)}: the "
             "overrides change the architecture. Pass only options that keep the weights (e.g. "
             "output=), or build the model yourself and load what fits."
