@@ -155,7 +155,7 @@ for name in METHODS:
         (x_test, y_test),
         every_n_epochs=1,
         evaluate_at_start=True,
-        linear_probe=dict(epochs=20 if SMALL else 30, batch_size=64 if SMALL else 256, seed=0),
+        linear_probe=dict(epochs=3 if SMALL else 30, batch_size=64 if SMALL else 256, seed=0),
     )
     started = time.time()
     history = model.fit(

@@ -10,10 +10,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # tests/methods takes 65 s (the whole JAX suite 667-867 s, against 740-1035 s before, on a
 # machine whose pace drifts). Subprocesses that the tests start inherit the flags; users'
 # programs keep XLA's defaults.
-_FAST_COMPILE = ("--xla_llvm_disable_expensive_passes=true", "--xla_backend_optimization_level=0")
+from tests._support.xla import FAST_COMPILE  # noqa: E402
+
 _xla_flags = os.environ.get("XLA_FLAGS", "")
 if os.environ.get("KERAS_BACKEND") == "jax":
-    _missing = [flag for flag in _FAST_COMPILE if flag.split("=")[0] not in _xla_flags]
+    _missing = [flag for flag in FAST_COMPILE if flag.split("=")[0] not in _xla_flags]
     os.environ["XLA_FLAGS"] = " ".join([_xla_flags, *_missing]).strip()
 
 import keras  # noqa: E402
@@ -32,6 +33,13 @@ def pytest_configure(config):
         # Parallel test workers share the cores: torch's default thread count stalls them.
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(items):
+    # `--dist loadfile` hands the files out in this order: the files with long (`slow`) tests
+    # go first, so that no worker starts a long file after the other has run out of work.
+    long_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in long_files)
 
 
 @pytest.fixture(autouse=True)

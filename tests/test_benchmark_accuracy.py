@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import keras
+import pytest
 
 TOOL = pathlib.Path(__file__).resolve().parents[1] / "tools" / "benchmark_accuracy.py"
 
@@ -16,6 +17,7 @@ def _tool():
     return module
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_table_chart_and_record(tmp_path):
     tool = _tool()
     results = tool.main(

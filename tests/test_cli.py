@@ -18,6 +18,7 @@ from keras_ssl.datasets import fashion_mnist
 from keras_ssl.ops import sinkhorn_knopp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "dinov2"])
 def test_pretrain_runs_and_writes_its_report(method, tmp_path, capsys):
     out = tmp_path / method

@@ -11,6 +11,7 @@ import pytest
 GUIDES = sorted((pathlib.Path(__file__).parent.parent / "guides").glob("*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.stem)
 def test_guide_runs_in_small_mode(guide, tmp_path):
     if guide.stem == "switching_backends" and keras.backend.backend() != "tensorflow":

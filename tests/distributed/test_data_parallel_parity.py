@@ -93,6 +93,7 @@ def _norm(x):
     return float(np.linalg.norm(np.asarray(x, "float64")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_one_step_on_two_replicas_equals_one_device(results, name):
     single = results["single", name]
@@ -124,6 +125,7 @@ def _assert_the_same_step(single, parallel):
             assert diff <= 1e-5 * _norm(single[k]) + 1e-6, (k, diff, _norm(single[k]))
 
 
+@pytest.mark.slow
 def test_the_step_changed_the_state(results):
     # Guards the comparison above against a step that did nothing in either run.
     for name in METHODS[:4]:
