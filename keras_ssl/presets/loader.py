@@ -273,22 +273,41 @@ def _side(size, key):
     return None if size is None else int(size)
 
 
+# transformers' image processors that resize the shorter side and centre-crop by default
+# (`default_to_square = False`, `do_center_crop = True`, 224 px both); for the others,
+# ViTImageProcessor among them, an int `size` is a square height x width and nothing is
+# cropped unless the config says so.
+_SHORTER_SIDE_PROCESSORS = ("Bit", "CLIP")
+
+
 def _transformers_preprocessing(source):
     """`preprocessor_config.json` (ViTImageProcessor, BitImageProcessor) as a card's
-    preprocessing; {} when the checkpoint has none. A resize to a fixed height x width
-    (no crop) becomes a resize of the shorter side and a centre crop of that square,
-    which is the same for square images."""
+    preprocessing; {} when the checkpoint has none. `size` is either the shorter side
+    (`shortest_edge`) or the output's `height` and `width`, resized to exactly."""
     path = source.get("preprocessor_config.json", required=False)
     if path is None:
         return {}
     config = native.read_json(path, f"{source.description}: preprocessor_config.json")
-    size = config.get("size") if config.get("do_resize", True) else None
+    kind = config.get("image_processor_type") or config.get("feature_extractor_type") or ""
+    by_shorter_side = kind.startswith(_SHORTER_SIDE_PROCESSORS)
+    size = config.get("size", 224) if config.get("do_resize", True) else None
+    if isinstance(size, int):  # the older configs' form, or the processor's default
+        size = {"shortest_edge": size} if by_shorter_side else {"height": size, "width": size}
     shortest = _side(size, "shortest_edge")
-    height = _side(size, "height")
-    crop = _side(config.get("crop_size"), "height") if config.get("do_center_crop") else None
+    height, width = _side(size, "height"), _side(size, "width")
+    crop = None
+    if config.get("do_center_crop", by_shorter_side):
+        crop_size = config.get("crop_size", 224)
+        crop = _side(crop_size, "height")
+        if _side(crop_size, "width") not in (None, crop):
+            raise PresetError(
+                f"{source.description}: preprocessor_config.json crops to "
+                f"{crop}x{_side(crop_size, 'width')}; keras_ssl's Preprocessing cuts square "
+                "centre crops only."
+            )
     return {
-        "resize_size": shortest or height,
-        "crop_size": crop or height or shortest,
+        "resize_size": shortest or ((height, width or height) if height else None),
+        "crop_size": crop,
         "interpolation": _PIL_RESAMPLING.get(config.get("resample"), "bicubic"),
         "mean": list(config.get("image_mean") or IMAGENET_MEAN),
         "std": list(config.get("image_std") or IMAGENET_STD),

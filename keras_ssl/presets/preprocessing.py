@@ -10,15 +10,17 @@ _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class Preprocessing(keras.layers.Layer):
-    """Resize the shorter side, centre-crop, scale and normalise: a preset's eval transform.
+    """Resize, centre-crop, scale and normalise: a preset's evaluation transform.
 
     The torchvision evaluation pipeline of DINO / DINOv2 / MoCo papers,
     ``Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize(mean, std)``,
     for a batch ``(N, H, W, C)`` (or one image ``(H, W, C)``) of channels_last images:
 
     1. ``uint8`` images are divided by 255 (float images are taken as ``[0, 1]``);
-    2. the shorter side is resized to ``resize_size`` keeping the aspect ratio
-       (``long = int(resize_size * long / short)``, torchvision's rule);
+    2. an int ``resize_size`` resizes the shorter side to it keeping the aspect ratio
+       (``long = int(resize_size * long / short)``, torchvision's rule); a pair
+       ``(height, width)`` resizes to exactly that size (torchvision's ``Resize((h, w))``,
+       transformers' ``ViTImageProcessor``);
     3. a centred ``crop_size`` square is cut (offset ``round((H - crop) / 2)``, halves to
        even as Python's ``round`` and torchvision);
     4. ``(x - mean) / std`` per channel.
@@ -28,7 +30,8 @@ class Preprocessing(keras.layers.Layer):
     evaluated on images resized by PIL).
 
     Args:
-        resize_size: target of the shorter side, or None to skip resizing.
+        resize_size: target of the shorter side (an int), the output size
+            ``(height, width)``, or None to skip resizing.
         crop_size: side of the centre crop, or None to skip cropping.
         interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
         mean, std: per-channel statistics of the ``[0, 1]`` images (ImageNet's by
@@ -66,7 +69,7 @@ class Preprocessing(keras.layers.Layer):
             raise ValueError(
                 f"`mean` and `std` need one value per channel and std > 0, got {mean}, {std}."
             )
-        self.resize_size = None if resize_size is None else int(resize_size)
+        self.resize_size = _resize_size(resize_size)
         self.crop_size = None if crop_size is None else int(crop_size)
         self.interpolation = interpolation
         self.mean = tuple(float(m) for m in mean)
@@ -82,6 +85,8 @@ class Preprocessing(keras.layers.Layer):
         return height, width
 
     def _resized(self, height, width):
+        if isinstance(self.resize_size, tuple):
+            return self.resize_size
         short, long = min(height, width), max(height, width)
         new_long = int(self.resize_size * long / short)
         if height <= width:
@@ -161,13 +166,19 @@ class Preprocessing(keras.layers.Layer):
             height, width = self.output_size(height, width)
         elif self.crop_size is not None:
             height = width = self.crop_size
+        elif isinstance(self.resize_size, tuple):
+            height, width = self.resize_size
         return (*lead, height, width, channels)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "resize_size": self.resize_size,
+                "resize_size": (
+                    list(self.resize_size)
+                    if isinstance(self.resize_size, tuple)
+                    else self.resize_size
+                ),
                 "crop_size": self.crop_size,
                 "interpolation": self.interpolation,
                 "mean": list(self.mean),
@@ -182,3 +193,19 @@ class Preprocessing(keras.layers.Layer):
         """From a card's ``preprocessing`` dict (extra descriptive keys are ignored)."""
         keys = ("resize_size", "crop_size", "interpolation", "mean", "std", "antialias")
         return cls(**{k: spec[k] for k in keys if k in spec})
+
+
+def _resize_size(value):
+    """None, an int (the shorter side) or a ``(height, width)`` tuple, checked."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or min(int(v) for v in value) < 1:
+            raise ValueError(
+                "`resize_size` as a size must be (height, width) with positive sides, got "
+                f"{value!r}."
+            )
+        return tuple(int(v) for v in value)
+    if int(value) < 1:
+        raise ValueError(f"`resize_size` must be positive, got {value!r}.")
+    return int(value)

@@ -200,6 +200,25 @@ def test_preprocessing_matches_numpy():
     np.testing.assert_array_equal(_np(restored(images)), _np(layer(images)))
 
 
+def test_preprocessing_resizes_to_a_fixed_height_and_width():
+    # torchvision's Resize((h, w)) and transformers' ViTImageProcessor: no aspect ratio kept.
+    squash = Preprocessing(resize_size=(4, 6), crop_size=None, mean=(0, 0, 0), std=(1, 1, 1))
+    assert squash.output_size(300, 400) == (4, 6) and squash.output_size(9, 5) == (4, 6)
+    assert squash.compute_output_shape((2, None, None, 3)) == (2, 4, 6, 3)
+    # 2x nearest-neighbour upsampling of a 2 x 3 image: each pixel becomes a 2 x 2 block
+    small = np.random.default_rng(2).random((1, 2, 3, 3)).astype("float32")
+    nearest = Preprocessing((4, 6), None, "nearest", (0, 0, 0), (1, 1, 1), antialias=False)
+    expected = small.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_allclose(_np(nearest(small)), expected, rtol=1e-6)
+    config = squash.get_config()
+    assert config["resize_size"] == [4, 6]
+    assert Preprocessing.from_config(config).resize_size == (4, 6)
+    with pytest.raises(ValueError, match=r"\(height, width\) with positive sides"):
+        Preprocessing(resize_size=(4, 6, 3))
+    with pytest.raises(ValueError, match="must be positive"):
+        Preprocessing(resize_size=0)
+
+
 def test_preprocessing_refuses_a_channel_count_its_statistics_do_not_have():
     layer = Preprocessing(resize_size=None, crop_size=None)
     with pytest.raises(ValueError, match=r"1 channel\(s\).*have 3.*repeat\(images, 3, axis=-1\)"):

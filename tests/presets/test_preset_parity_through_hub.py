@@ -74,11 +74,21 @@ def _put_in_cache(hub, repo, save_dir, config=None):
 
 def _check_preprocessing(preprocess, processor, size):
     """Our preprocessing equals the checkpoint's own image processor on square uint8 images
-    of the size it resizes to (no resampling on either side)."""
+    of the size it resizes to (no resampling on either side), and, within resampling's
+    differences, on a non-square ramp (which tells a squash from a crop)."""
     image = np.random.default_rng(5).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     expected = processor(images=image, return_tensors="np")["pixel_values"][0]
     got = keras.ops.convert_to_numpy(preprocess(image))
     np.testing.assert_allclose(got, expected.transpose(1, 2, 0), atol=1e-5)
+    height, width = size * 3 // 2, size * 5 // 2
+    ramp = np.linspace(0, 195, width)[None, :, None] + np.linspace(0, 60, height)[:, None, None]
+    ramp = np.broadcast_to(ramp, (height, width, 3)).round().astype(np.uint8)
+    expected = processor(images=ramp, return_tensors="np")["pixel_values"][0]
+    got = keras.ops.convert_to_numpy(preprocess(ramp))
+    assert got.shape == expected.transpose(1, 2, 0).shape
+    # PIL's and Keras's resampling differ at the borders; a crop in place of a squash (or the
+    # reverse) is off by a tenth of the ramp's range nearly everywhere
+    np.testing.assert_allclose(np.median(np.abs(got - expected.transpose(1, 2, 0))), 0, atol=0.02)
 
 
 def _official_resize(embeddings, patch):
@@ -171,8 +181,8 @@ def test_transformers_vit_through_hf_handle(offline_hub):
     )
     assert model.layer_norm_epsilon == 1e-6
     assert (preprocess.resize_size, preprocess.crop_size, preprocess.interpolation) == (
-        32,
-        32,
+        (32, 32),
+        None,
         "bilinear",
     )
     _check_preprocessing(preprocess, processor, 32)
@@ -396,3 +406,66 @@ def test_dino_vits16_by_name_from_the_default_offline_cache(offline_hub, monkeyp
         wrong = wrong_eps.forward_features(xt)
     gap = np.abs(out["patches"] - to_numpy(wrong[:, 1:])).max()
     assert gap > 1e-2, f"LayerNorm eps 1e-12 would pass too: max gap {gap:.2e}"
+
+
+class _Folder:
+    """The part of a preset source that `_transformers_preprocessing` reads."""
+
+    def __init__(self, path):
+        self.path, self.description = path, str(path)
+
+    def get(self, name, required=True):
+        path = self.path / name
+        return str(path) if path.exists() or required else None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # facebook/dino-vits16's form: an int size, which ViT's processor takes as a square
+        {"feature_extractor_type": "ViTFeatureExtractor", "size": 24, "resample": 2},
+        {"image_processor_type": "ViTImageProcessor", "size": {"height": 24, "width": 40}},
+        # an int size that BiT's processor takes as the shorter side, then a square crop
+        {
+            "image_processor_type": "BitImageProcessor",
+            "size": 28,
+            "do_center_crop": True,
+            "crop_size": 20,
+        },
+        {
+            "image_processor_type": "BitImageProcessor",
+            "size": {"shortest_edge": 28},
+            "do_center_crop": False,
+        },
+        # what a config leaves out is the processor's default: BiT crops 224 from 224
+        {"image_processor_type": "BitImageProcessor"},
+        {"image_processor_type": "ViTImageProcessor", "do_resize": False},
+    ],
+)
+def test_preprocessor_config_sizes_as_transformers_reads_them(tmp_path, config):
+    import_torchvision()  # transformers' image processors run on torchvision
+    import transformers
+
+    from keras_ssl.presets.loader import _transformers_preprocessing
+    from keras_ssl.presets.preprocessing import Preprocessing
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    preprocess = Preprocessing.from_card(_transformers_preprocessing(_Folder(tmp_path)))
+    kind = config.get("image_processor_type") or "ViTImageProcessor"
+    processor = getattr(transformers, kind).from_dict(config)
+    for height, width in ((30, 50), (50, 30), (230, 260)):
+        if kind.startswith("Bit") and "size" not in config and min(height, width) < 224:
+            continue  # BiT's default 224 px crop needs larger images
+        image = np.zeros((height, width, 3), np.uint8)
+        expected = processor(images=image, return_tensors="np")["pixel_values"][0]
+        assert preprocess.output_size(height, width) == expected.shape[1:], (height, width)
+
+
+def test_a_rectangular_centre_crop_is_refused(tmp_path):
+    from keras_ssl.presets.loader import _transformers_preprocessing
+
+    config = {"size": {"shortest_edge": 28}, "do_center_crop": True}
+    config["crop_size"] = {"height": 20, "width": 24}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(PresetError, match="crops to 20x24.*square centre crops only"):
+        _transformers_preprocessing(_Folder(tmp_path))
