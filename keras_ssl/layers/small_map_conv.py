@@ -5,34 +5,49 @@ from keras import ops
 
 from keras_ssl._xla_cpu import on_xla_cpu
 
-# Largest map (H * W pixels) that is convolved as patches @ kernel on XLA:CPU.
+# Largest output map (H * W pixels) that is convolved as patches @ kernel on XLA:CPU.
 _MAX_MATMUL_PIXELS = 4
 # Largest map that PyTorch on the CPU convolves from contiguous (N, C, H, W) memory.
 _MAX_CONTIGUOUS_PIXELS = 16
 
 
-def conv2d_as_matmul(x, kernel):
-    """Stride-1 "same" 2D convolution as im2col and one matmul, channels_last.
+def conv2d_as_matmul(x, kernel, strides=(1, 1), padding="same"):
+    """2D convolution as im2col and one matmul, channels_last: "valid" at any stride, or
+    stride-1 "same" with an odd kernel.
 
-    With the input zero-padded by `k // 2` on every side, each output pixel
-    `y[n, i, j] = sum_{a, b, c} x_pad[n, i + a, j + b, c] * kernel[a, b, c]`: the
-    `k * k` shifted copies of the map are concatenated on the channel axis
-    (tap-major, the order of `kernel.reshape(k * k * C, O)`) and multiplied by the
-    reshaped kernel. Same result as `keras.ops.conv(x, kernel, padding="same")`.
+    With `x_pad` the input (zero-padded by `k // 2` on every side for "same"), each output
+    pixel `y[n, i, j] = sum_{a, b, c} x_pad[n, s_h * i + a, s_w * j + b, c] * kernel[a, b, c]`:
+    the `k_h * k_w` strided windows of the map are concatenated on the channel axis
+    (tap-major, the order of `kernel.reshape(k_h * k_w * C, O)`) and multiplied by the
+    reshaped kernel. Same result as `keras.ops.conv(x, kernel, strides, padding)`.
 
     Args:
         x: `(N, H, W, C)` images or features.
-        kernel: `(k, k, C, O)` with `k` odd.
+        kernel: `(k_h, k_w, C, O)`.
+        strides: `(s_h, s_w)`, or one int for both; 1 for "same".
+        padding: `"valid"` or `"same"`.
 
     Returns:
-        `(N, H, W, O)`.
+        `(N, H_out, W_out, O)`, `H_out = (H_pad - k_h) // s_h + 1` (likewise W).
     """
     kh, kw, channels, filters = kernel.shape
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"conv2d_as_matmul needs an odd kernel size, got {(kh, kw)}.")
-    height, width = x.shape[1], x.shape[2]
-    padded = ops.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    taps = [padded[:, a : a + height, b : b + width, :] for a in range(kh) for b in range(kw)]
+    sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    if padding == "same":
+        if kh % 2 == 0 or kw % 2 == 0 or (sh, sw) != (1, 1):
+            raise ValueError(
+                'conv2d_as_matmul takes "same" padding with stride 1 and an odd kernel '
+                f"size, got kernel {(kh, kw)} and strides {(sh, sw)}."
+            )
+        x = ops.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    elif padding != "valid":
+        raise ValueError(f'`padding` must be "valid" or "same", got {padding!r}.')
+    out_h = (x.shape[1] - kh) // sh + 1
+    out_w = (x.shape[2] - kw) // sw + 1
+    taps = [
+        x[:, a : a + sh * (out_h - 1) + 1 : sh, b : b + sw * (out_w - 1) + 1 : sw, :]
+        for a in range(kh)
+        for b in range(kw)
+    ]
     patches = ops.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
     return ops.matmul(patches, ops.reshape(kernel, (kh * kw * channels, filters)))
 
@@ -68,11 +83,13 @@ class Conv2D(keras.layers.Conv2D):
     that weight files key it as Keras keys its own `Conv2D` (`conv2d`, `conv2d_1`, ...):
     files written with either load into the other.
 
-    - JAX's CPU backend, stride-1 "same" convolutions with odd kernels: XLA:CPU
-      (jaxlib 0.10) swaps the operands of a 3x3 convolution on a 2x2 map and runs it
-      at ~2 GFLOP/s (DINO's 16 px local crops reach a ResNet's last stage at that
-      size). Maps of at most 4 pixels are convolved with `conv2d_as_matmul` instead,
-      at the speed of a dense layer.
+    - JAX's CPU backend, "valid" convolutions and stride-1 "same" ones with odd
+      kernels: XLA:CPU (jaxlib 0.10) runs a 3x3 convolution with a 2x2 output at
+      ~2 GFLOP/s, 10-30x slower than a larger one, in the forward and the backward
+      pass: a stride-1 one on a 2x2 map, and the stride-2 one from a 3x3 or 4x4 map
+      that starts a stage (DINO's 12-16 px local crops reach a ResNet's or the demo
+      ConvNet's last stage at these sizes). Outputs of at most 4 pixels are
+      convolved with `conv2d_as_matmul` instead, at the speed of a dense layer.
     - PyTorch, channels_first, "valid" or stride-1 "same", no groups or dilation:
       `torch.nn.functional.conv2d` with the kernel laid out in memory as the input is,
       by 2-D transposes that torch copies about 3x faster than the 4-D permutation
@@ -92,7 +109,7 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         if self._as_matmul(inputs):
-            return conv2d_as_matmul(inputs, kernel)
+            return conv2d_as_matmul(inputs, kernel, self.strides, self.padding)
         if self._as_contiguous_nchw(inputs):
             inputs = inputs.contiguous()
         if self._torch_conv(inputs):
@@ -120,14 +137,21 @@ class Conv2D(keras.layers.Conv2D):
 
     def _as_matmul(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
-        return (
-            self.data_format == "channels_last"
-            and self._same_stride_1()
-            and height is not None
-            and width is not None
-            and height * width <= _MAX_MATMUL_PIXELS
-            and on_xla_cpu()
-        )
+        if (
+            self.data_format != "channels_last"
+            or height is None
+            or width is None
+            or not (self._same_stride_1() or self._valid_plain())
+        ):
+            return False
+        out_h, out_w = height, width
+        if self.padding == "valid":
+            out_h = (height - self.kernel_size[0]) // self.strides[0] + 1
+            out_w = (width - self.kernel_size[1]) // self.strides[1] + 1
+        return out_h * out_w <= _MAX_MATMUL_PIXELS and on_xla_cpu()
+
+    def _valid_plain(self):
+        return self.padding == "valid" and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
 
     def _as_contiguous_nchw(self, inputs):
         return (

@@ -51,33 +51,73 @@ def test_matches_numpy_convolution_and_gradients(shape, size, filters):
         np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_even_kernel_is_rejected():
+# (N, H, W, C), kernel size, stride: "valid" convolutions, the stage-opening stride-2 ones
+# from 3x3 and 4x4 maps (zero-padded by 1) among them.
+VALID_CASES = [
+    ((2, 5, 5, 3), 3, 2),
+    ((2, 6, 6, 2), 3, 2),
+    ((3, 3, 4, 2), 1, 2),
+    ((2, 4, 4, 2), 3, 1),
+]
+
+
+@pytest.mark.parametrize("shape,size,stride", VALID_CASES)
+def test_valid_strided_matches_numpy_convolution_and_gradients(shape, size, stride):
+    rng = np.random.default_rng(sum(shape) + size + stride)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(size, size, shape[-1], 4)).astype("float32")
+    out_h, out_w = ((d - size) // stride + 1 for d in shape[1:3])
+    dy = rng.normal(size=(shape[0], out_h, out_w, 4)).astype("float32")
+
+    def convolve(x, kernel):
+        return conv2d_as_matmul(x, kernel, stride, "valid")
+
+    def loss(x, kernel):
+        return ops.sum(convolve(x, kernel) * ops.convert_to_tensor(dy))
+
+    got = [ops.convert_to_numpy(convolve(x, kernel)), *gradients(loss, x, kernel)]
+    for g, expected in zip(got, _strided_reference(x, kernel, dy, stride), strict=True):
+        np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_even_kernel_and_strided_same_are_rejected():
     with pytest.raises(ValueError, match="odd kernel"):
         conv2d_as_matmul(np.zeros((1, 2, 2, 1), "float32"), np.zeros((2, 2, 1, 1), "float32"))
+    with pytest.raises(ValueError, match=r"stride 1 and an odd kernel.*strides \(2, 2\)"):
+        conv2d_as_matmul(np.zeros((1, 4, 4, 1), "float32"), np.zeros((3, 3, 1, 1)), 2, "same")
 
 
 def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(monkeypatch):
     calls = []
     original = small_map_conv.conv2d_as_matmul
 
-    def spy(x, kernel):
+    def spy(x, kernel, *args):
         calls.append(tuple(x.shape))
-        return original(x, kernel)
+        return original(x, kernel, *args)
 
     monkeypatch.setattr(small_map_conv, "conv2d_as_matmul", spy)
     rng = np.random.default_rng(0)
-    small, large = (rng.normal(size=(2, s, s, 3)).astype("float32") for s in (2, 4))
-    ours = Conv2D(4, 3, padding="same", use_bias=True, bias_initializer="random_normal")
-    theirs = keras.layers.Conv2D(4, 3, padding="same", use_bias=True)
-    ours.build(small.shape)
-    theirs.build(small.shape)
-    theirs.set_weights(ours.get_weights())
-    for x in (small, large):
-        np.testing.assert_allclose(
-            ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5
-        )
-    on_xla_cpu = _xla_cpu.on_xla_cpu()
-    assert calls == ([(2, 2, 2, 3)] if on_xla_cpu else [])
+    maps = [rng.normal(size=(2, s, s, 3)).astype("float32") for s in (2, 4, 5, 7)]
+    for strides, padding, expected in (
+        (1, "same", [(2, 2, 2, 3)]),  # outputs 2x2, 4x4, 5x5, 7x7
+        (2, "valid", [(2, 4, 4, 3), (2, 5, 5, 3)]),  # outputs 1x1, 2x2, 3x3
+    ):
+        calls.clear()
+        kwargs = dict(strides=strides, padding=padding, use_bias=True)
+        ours = Conv2D(4, 3, bias_initializer="random_normal", **kwargs)
+        theirs = keras.layers.Conv2D(4, 3, **kwargs)
+        inputs = maps[1:] if padding == "valid" else maps  # no 0x0 outputs
+        ours.build(inputs[0].shape)
+        theirs.build(inputs[0].shape)
+        theirs.set_weights(ours.get_weights())
+        for x in inputs:
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(ours(x)),
+                ops.convert_to_numpy(theirs(x)),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+        assert calls == (expected if _xla_cpu.on_xla_cpu() else []), (strides, padding)
 
 
 def test_config_round_trip():
