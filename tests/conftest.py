@@ -35,13 +35,6 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def pytest_collection_modifyitems(items):
-    # `--dist loadfile` hands the files out in this order: the files with long (`slow`) tests
-    # go first, so that no worker starts a long file after the other has run out of work.
-    long_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in long_files)
-
-
 @pytest.fixture(autouse=True)
 def _seed_everything():
     keras.utils.set_random_seed(1234)
