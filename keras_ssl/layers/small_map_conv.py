@@ -120,9 +120,7 @@ class Conv2D(keras.layers.Conv2D):
         return (
             keras.backend.backend() == "torch"
             and self.data_format == "channels_first"
-            and self.groups == 1
-            and tuple(self.dilation_rate) == (1, 1)
-            and (self.padding == "valid" or self._same_stride_1())
+            and (self._valid_plain() or self._same_stride_1())
             and len(inputs.shape) == 4
         )
 

@@ -298,12 +298,11 @@ def _transformers_preprocessing(source):
     crop = None
     if config.get("do_center_crop", by_shorter_side):
         crop_size = config.get("crop_size", 224)
-        crop = _side(crop_size, "height")
-        if _side(crop_size, "width") not in (None, crop):
+        crop, crop_width = _side(crop_size, "height"), _side(crop_size, "width")
+        if crop_width not in (None, crop):
             raise PresetError(
                 f"{source.description}: preprocessor_config.json crops to "
-                f"{crop}x{_side(crop_size, 'width')}; keras_ssl's Preprocessing cuts square "
-                "centre crops only."
+                f"{crop}x{crop_width}; keras_ssl's Preprocessing cuts square centre crops only."
             )
     return {
         "resize_size": shortest or ((height, width or height) if height else None),
