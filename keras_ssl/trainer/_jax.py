@@ -6,6 +6,13 @@ mapping holds the step's current values, and the assigned values are
 collected from the scope and returned as the new state. The optimizer's
 variables are in every mapping so that schedules read the live step count,
 not the value frozen when the step was traced.
+
+Keras's JAX loops also detach every variable's value while they run (the values
+live in the loop's state) and re-attach the last state when they end. A call
+that fails before its first step returns (an error while tracing, Ctrl-C while
+compiling) has no state to re-attach, and `evaluate` and `predict` re-attach
+nothing on failure: the model would be left without weights. `BackendStep` puts
+the values back.
 """
 
 import jax
@@ -23,7 +30,48 @@ def _run_stateless(fn, pairs):
     return result, new_values
 
 
+class _DetachedValues:
+    def __init__(self):
+        self.pairs = []
+
+
 class BackendStep:
+    def fit(self, *args, **kwargs):
+        return self._keeping_values_on_failure(super().fit, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._keeping_values_on_failure(super().evaluate, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self._keeping_values_on_failure(super().predict, *args, **kwargs)
+
+    def _purge_model_variables(self, **groups):
+        # Keras calls this right before a loop's first step; donation frees these buffers
+        # once a step has run, so keeping the references costs no memory.
+        variables = {
+            "trainable_variables": self.trainable_variables,
+            "non_trainable_variables": self.non_trainable_variables,
+            "optimizer_variables": self.optimizer.variables if self.optimizer else [],
+            "metrics_variables": self.metrics_variables,
+        }
+        for group, selected in groups.items():
+            if selected:
+                self._detached_values.pairs += [(v, v._value) for v in variables[group]]
+        super()._purge_model_variables(**groups)
+
+    def _keeping_values_on_failure(self, run, *args, **kwargs):
+        self._detached_values = _DetachedValues()  # not a list: Keras would track its variables
+        try:
+            return run(*args, **kwargs)
+        except BaseException:
+            self.jax_state_sync()  # the last step's state, where a step ran
+            for variable, value in self._detached_values.pairs:
+                if variable._value is None:
+                    variable._value = value
+            raise
+        finally:
+            self._detached_values = None
+
     def _stateless_pairs(self, trainable, non_trainable, optimizer_variables=None):
         pairs = list(zip(self.trainable_variables, trainable, strict=True))
         pairs += list(zip(self.non_trainable_variables, non_trainable, strict=True))

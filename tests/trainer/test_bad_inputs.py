@@ -6,6 +6,8 @@ Row -> where it is caught (test):
 - wrong rank (N, D) / (N, T, H, W, C) -> trainer, every batch (test_wrong_rank)
 - channels-first images -> trainer, every batch (test_channels_first)
 - wrong channel count -> trainer, every batch (test_wrong_channel_count)
+- any failure (or Ctrl-C) in fit / evaluate / predict -> the model keeps its weights
+  (test_a_failed_call_keeps_the_trained_state)
 - floats in [0, 255] / normalised floats -> fit, arrays (test_float_images_out_of_range)
 - uint8 images -> accepted, scaled to [0, 1] (test_uint8_images_are_scaled)
 - NaN / Inf pixels in arrays -> fit, arrays (test_nan_and_inf_images)
@@ -84,6 +86,48 @@ def test_wrong_channel_count():
     model = _simclr(channels=3)
     with pytest.raises(ValueError, match="expects 3.*input_channels=1"):
         model.fit(_images(channels=1), batch_size=BATCH, verbose=0)
+
+
+def test_a_failed_call_keeps_the_trained_state(monkeypatch):
+    # Keras's JAX loops detach the variables' values while they run; a call that failed
+    # before its first step returned left a model without weights.
+    model = _simclr()
+    model.fit(_images(), batch_size=BATCH, verbose=0)
+
+    def values():
+        return {
+            v.path: keras.ops.convert_to_numpy(v)
+            for v in [*model.variables, *model.optimizer.variables]
+            # not the run's length, set as each fit starts, nor the random state, which an
+            # eager step (torch) advances before it fails
+            if not v.path.endswith(("total_steps", "steps_per_epoch", "seed_generator_state"))
+        }
+
+    trained = values()
+    wrong = _images(channels=3)
+    with pytest.raises(ValueError, match="expects 1"):
+        model.fit(wrong, batch_size=BATCH, verbose=0)
+    with pytest.raises(ValueError, match="expects 1"):
+        model.evaluate(wrong, batch_size=BATCH, verbose=0)
+    with pytest.raises(ValueError, match="expects 1"):
+        model.predict(wrong, batch_size=BATCH, verbose=0)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "compute_ssl_loss", interrupt)  # a new batch size retraces
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(_images(), batch_size=2 * BATCH, verbose=0)
+    monkeypatch.undo()
+    kept = values()
+    assert sorted(kept) == sorted(trained)
+    for path, value in trained.items():
+        np.testing.assert_array_equal(kept[path], value, err_msg=path)
+    model.fit(_images(), batch_size=BATCH, verbose=0)  # and it trains on
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(model.trainable_variables[0]),
+        trained[model.trainable_variables[0].path],
+    )
 
 
 def test_float_images_out_of_range():
