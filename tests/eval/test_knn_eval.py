@@ -4,19 +4,24 @@ import pytest
 from keras_ssl.eval import knn_accuracy
 
 
-def _reference_knn(train_x, train_y, test_x, test_y, k, temperature, num_classes, top=1):
-    """Loop over test points, written from DINO's eval_knn.py formula."""
+def _reference_hits(train_x, train_y, test_x, test_y, k, temperature, num_classes, top=1):
+    """Per test point, 1 if its class is among the `top` of largest vote: a loop written
+    from DINO's eval_knn.py formula."""
     train_x = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
     test_x = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
-    correct = 0
+    hits = []
     for x, y in zip(test_x, test_y, strict=True):
         sim = train_x @ x
         neighbours = np.argsort(-sim)[:k]
         votes = np.zeros(num_classes)
         for j in neighbours:
             votes[train_y[j]] += np.exp(sim[j] / temperature)
-        correct += int(votes[y] > 0 and y in np.argsort(-votes)[:top])
-    return correct / len(test_y)
+        hits.append(int(votes[y] > 0 and y in np.argsort(-votes)[:top]))
+    return np.array(hits)
+
+
+def _reference_knn(*args, **kwargs):
+    return float(_reference_hits(*args, **kwargs).mean())
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -42,6 +47,28 @@ def test_matches_numpy_reference(k):
     assert got == pytest.approx(expected, abs=1e-9)
     top1 = knn_accuracy(train_x, train_y, test_x, test_y, k=k)
     assert got > top1 if k > 1 else got == top1
+
+
+def test_each_row_is_classified_as_the_reference_classifies_it():
+    # An accuracy can agree while rows disagree (one wrong hit, one wrong miss): each test
+    # row alone, scored against every class, must match the reference's prediction.
+    rng = np.random.default_rng(7)
+    train_x = rng.normal(size=(60, 5)).astype("float32")
+    train_y = rng.integers(0, 3, size=60)
+    test_x = rng.normal(size=(12, 5)).astype("float32")
+    for label in range(3):
+        labels = np.full(12, label)
+        expected = _reference_hits(train_x, train_y, test_x, labels, 5, 0.07, 3)
+        got = [
+            knn_accuracy(train_x, train_y, test_x[i : i + 1], labels[i : i + 1], k=5, num_classes=3)
+            for i in range(12)
+        ]
+        np.testing.assert_array_equal(got, expected, err_msg=f"class {label}")
+    # every row is predicted as exactly one class
+    predicted = [
+        _reference_hits(train_x, train_y, test_x, np.full(12, c), 5, 0.07, 3) for c in range(3)
+    ]
+    np.testing.assert_array_equal(np.sum(predicted, axis=0), np.ones(12))
 
 
 def test_perfect_clusters_and_k_larger_than_bank():
