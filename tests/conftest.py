@@ -40,4 +40,7 @@ def _seed_everything():
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     yield
-    keras.backend.clear_session()
+    # Fresh layer names and graphs for each test, without clear_session's gc.collect(): at
+    # ~0.8 s a test it was about a third of the TF and JAX suites (tests/ops, layers and
+    # backbones: 78 -> 43 s on TF, 228 -> 154 s on JAX). Python's own collector still runs.
+    keras.backend.clear_session(free_memory=False)
