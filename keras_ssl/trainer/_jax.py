@@ -48,15 +48,15 @@ class BackendStep:
     def _purge_model_variables(self, **groups):
         # Keras calls this right before a loop's first step; donation frees these buffers
         # once a step has run, so keeping the references costs no memory.
-        variables = {
-            "trainable_variables": self.trainable_variables,
-            "non_trainable_variables": self.non_trainable_variables,
-            "optimizer_variables": self.optimizer.variables if self.optimizer else [],
-            "metrics_variables": self.metrics_variables,
-        }
         for group, selected in groups.items():
             if selected:
-                self._detached_values.pairs += [(v, v._value) for v in variables[group]]
+                # Only `fit` detaches the optimizer's: `predict` runs uncompiled models too.
+                variables = (
+                    self.optimizer.variables
+                    if group == "optimizer_variables"
+                    else getattr(self, group)
+                )
+                self._detached_values.pairs += [(v, v._value) for v in variables]
         super()._purge_model_variables(**groups)
 
     def _keeping_values_on_failure(self, run, *args, **kwargs):
