@@ -10,12 +10,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # tests/methods takes 65 s (the whole JAX suite 667-867 s, against 740-1035 s before, on a
 # machine whose pace drifts). Subprocesses that the tests start inherit the flags; users'
 # programs keep XLA's defaults.
-from tests._support.xla import FAST_COMPILE  # noqa: E402
+from tests._support.xla import with_fast_compile  # noqa: E402
 
-_xla_flags = os.environ.get("XLA_FLAGS", "")
 if os.environ.get("KERAS_BACKEND") == "jax":
-    _missing = [flag for flag in FAST_COMPILE if flag.split("=")[0] not in _xla_flags]
-    os.environ["XLA_FLAGS"] = " ".join([_xla_flags, *_missing]).strip()
+    os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
