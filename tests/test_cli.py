@@ -1,9 +1,9 @@
 """`keras-ssl pretrain` end to end on a slice of the embedded data.
 
-The whole command runs for SimCLR (the default, a ConvNet) and DINOv2 (the ViT path, with
-attention maps); the other methods' demo models are checked as the command builds them,
-and the methods-tour guide (tests/test_guides.py) trains all five through the same
-builders with a kNN monitor and linear probes.
+The whole command runs for SimCLR (the default, a ConvNet, with the evaluation table) and
+DINOv2 (the ViT path, with attention maps; `--no-eval`); the other methods' demo models are
+checked as the command builds them, and the methods-tour guide (tests/test_guides.py)
+trains all five through the same builders with a kNN monitor and linear probes.
 """
 
 import json
@@ -22,29 +22,36 @@ from keras_ssl.ops import sinkhorn_knopp
 @pytest.mark.parametrize("method", ["simclr", "dinov2"])
 def test_pretrain_runs_and_writes_its_report(method, tmp_path, capsys):
     out = tmp_path / method
+    evaluate = method == "simclr"  # the table's three probes cost as much as the run
     cli.main(
         [
             "pretrain", "--method", method, "--epochs", "1", "--batch-size", "64",
             "--limit", "256", "--output-dir", str(out), "--verbose", "0", "--knn-every", "1",
+            *([] if evaluate else ["--no-eval"]),
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
-    assert "kNN top-1" in printed and "random init" in printed and "raw pixels" in printed
+    assert ("random init" in printed and "raw pixels" in printed) == evaluate
     report = json.loads((out / "results.json").read_text())
     assert report["backend"] == keras.backend.backend()
     assert report["method"] == method
     assert len(report["history"]["loss"]) == 1
-    for row in report["results"].values():
+    assert ("results" in report) == evaluate
+    for row in report.get("results", {}).values():
         assert 0.0 <= row["knn_top1"] <= 1.0 and 0.0 <= row["linear_top1"] <= 1.0
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "augmentations.png").stat().st_size > 1000
     # attention maps only for ViT backbones (the DINOv2 demo)
     assert (out / "attention.png").exists() == (method == "dinov2")
     assert set(report["pictures"]) >= {"curves", "augmentations"}
-    # the monitors' figures are in the history: kNN on the labelled split, collapse measures
-    assert 0.0 <= report["history"]["knn_top1"][0] <= 1.0
+    # the monitors' figures are in the history: collapse measures, and kNN on the labelled
+    # split unless --no-eval
     assert report["history"]["effective_rank"][0] >= 1.0
-    assert report["history_epochs"]["knn_top1"] == [1]
+    if evaluate:
+        assert 0.0 <= report["history"]["knn_top1"][0] <= 1.0
+        assert report["history_epochs"]["knn_top1"] == [1]
+    else:
+        assert "knn_top1" not in report["history"]
     backbone = keras.saving.load_model(out / "backbone.keras")
     assert backbone.output_dim == (128 if method == "dinov2" else 256)  # the demo recipes
 
