@@ -46,8 +46,9 @@ class BackendStep:
         return self._keeping_values_on_failure(super().predict, *args, **kwargs)
 
     def _purge_model_variables(self, **groups):
-        # Keras calls this right before a loop's first step; donation frees these buffers
-        # once a step has run, so keeping the references costs no memory.
+        # Keras calls this before a loop's first step (in `fit`, each epoch's); donation
+        # frees these buffers once a step has run, so keeping the references costs no memory.
+        pairs = []
         for group, selected in groups.items():
             if selected:
                 # Only `fit` detaches the optimizer's: `predict` runs uncompiled models too.
@@ -56,10 +57,12 @@ class BackendStep:
                     if group == "optimizer_variables"
                     else getattr(self, group)
                 )
-                self._detached_values.pairs += [(v, v._value) for v in variables]
+                pairs += [(v, v._value) for v in variables]
+        self._detached_values.pairs = pairs
         super()._purge_model_variables(**groups)
 
     def _keeping_values_on_failure(self, run, *args, **kwargs):
+        outer = getattr(self, "_detached_values", None)  # fit's, around its validation
         self._detached_values = _DetachedValues()  # not a list: Keras would track its variables
         try:
             return run(*args, **kwargs)
@@ -70,7 +73,7 @@ class BackendStep:
                     variable._value = value
             raise
         finally:
-            self._detached_values = None
+            self._detached_values = outer
 
     def _stateless_pairs(self, trainable, non_trainable, optimizer_variables=None):
         pairs = list(zip(self.trainable_variables, trainable, strict=True))

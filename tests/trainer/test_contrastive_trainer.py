@@ -82,6 +82,14 @@ def test_predict_returns_backbone_features():
     )
 
 
+def test_validation_data_is_scored_every_epoch():
+    # validate within fit: on JAX an evaluate nested in fit, between two epochs' steps
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    history = _fit(model, _images(), batch_size=BATCH, epochs=2, validation_data=_images(4))
+    assert len(history.history["val_loss"]) == 2
+    assert np.all(np.isfinite(history.history["val_loss"]))
+
+
 def test_numpy_images_augmented_in_the_step():
     history = _fit(CosineAlign(_backbone(), augmenter=_augmenter()), _images(), batch_size=BATCH)
     assert np.isfinite(history.history["loss"][0])
