@@ -58,7 +58,9 @@ class BackendStep:
                     else getattr(self, group)
                 )
                 pairs += [(v, v._value) for v in variables]
-        self._detached_values.pairs = pairs
+        detached = getattr(self, "_detached_values", None)  # None outside fit/evaluate/predict
+        if detached is not None:
+            detached.pairs = pairs
         super()._purge_model_variables(**groups)
 
     def _keeping_values_on_failure(self, run, *args, **kwargs):
