@@ -217,12 +217,25 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
         recorder = _RecordTotalSteps(x)
         callbacks = [*(callbacks or []), recorder]
+        run_length = self._run_length()
         try:
             history = super().fit(*args, callbacks=callbacks, **kwargs)
-        except StopIteration as error:  # JAX's first peek at an empty iterator
-            raise empty_data_error() from error
-        except RuntimeError as error:  # torch's: the model is built on a `None` batch
-            if "Unable to automatically build" in str(error) and "NoneType" in str(error):
+        except BaseException as error:
+            if not recorder.batches_run:  # a fit that took no step keeps the run it continues
+                self._run_length(run_length)
+            if isinstance(error, StopIteration):  # JAX's first peek at an empty iterator
+                raise empty_data_error() from error
+            if (
+                isinstance(error, UnboundLocalError)  # JAX's epoch of no batch, once built
+                and "'logs'" in str(error)
+                and not recorder.batches_run
+            ):
+                raise empty_data_error() from error
+            if (
+                isinstance(error, RuntimeError)  # torch's: the model is built on a `None` batch
+                and "Unable to automatically build" in str(error)
+                and "NoneType" in str(error)
+            ):
                 raise empty_data_error() from error
             raise
         # TensorFlow runs an empty tf.data set without a word (no step, or not even an epoch).
@@ -233,10 +246,19 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         # Batches, not optimizer steps: a loss scale skips the steps whose gradients overflow.
         no_step = not history.history or not recorder.batches_run
         if (recorder.epochs_run or requested) and no_step:
+            self._run_length(run_length)
             raise empty_data_error()
         return history
 
     # ---- shared plumbing ------------------------------------------------------------------
+    def _run_length(self, values=None):
+        """`(total_steps, steps_per_epoch)` as ints; with `values`, assigns them."""
+        variables = (self.total_steps, self.steps_per_epoch)
+        if values is not None:
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+        return tuple(int(ops.convert_to_numpy(v)) for v in variables)
+
     @property
     def feature_dim(self):
         """Width of the backbone's feature vector."""
