@@ -57,7 +57,10 @@ DEMO_RECIPES = {
     "dinov2": dict(
         method="DINOv2",
         augment="DINOMultiCrop",
-        augment_options=dict(num_local_crops=4),
+        # DINOv2's crop areas (`DINOMultiCrop.dinov2`), not DINO's (0.4-1 / 0.05-0.4).
+        augment_options=dict(
+            num_local_crops=4, global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32)
+        ),
         # DINOv2 needs patch tokens: a ViT with 4 px patches (7 x 7 of them at 28 px).
         # LayerScale starts at 1, not DINOv2's 1e-5: at 1e-5 every image's CLS token is the
         # same at init, Sinkhorn-Knopp of identical rows is exactly uniform, and the CLS loss

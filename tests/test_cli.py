@@ -78,6 +78,16 @@ def test_unknown_method_is_refused(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method", ["dino", "dinov2"])
+def test_multi_crop_demos_take_their_papers_crop_areas(method):
+    from keras_ssl.augment import DINOMultiCrop
+
+    paper = DINOMultiCrop() if method == "dino" else DINOMultiCrop.dinov2()
+    demo = cli.build_augmenter(method, image_size=28)
+    for key in ("global_crop_scale", "local_crop_scale"):
+        assert demo.recipe[key] == paper.recipe[key], key
+
+
 def test_dinov2_demo_teacher_targets_differ_between_images_at_init():
     # With DINOv2's LayerScale 1e-5 every image's CLS token is the same at init, and
     # Sinkhorn-Knopp of identical rows is exactly uniform (ln K nats): the CLS loss would
