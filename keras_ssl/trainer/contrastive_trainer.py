@@ -1,5 +1,8 @@
 """`ContrastiveTrainer`: the one base class every self-supervised method subclasses."""
 
+import contextlib
+import os
+
 import keras
 from keras import ops
 
@@ -216,20 +219,18 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
         check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
         recorder = _RecordTotalSteps(x)
-        callbacks = [*(callbacks or []), recorder]
-        run_length = self._run_length()
+        # First, so that its `on_train_batch_end` counts a step before another callback raises.
+        callbacks = [recorder, *(callbacks or [])]
         try:
             history = super().fit(*args, callbacks=callbacks, **kwargs)
         except BaseException as error:
-            if not recorder.batches_run:  # a fit that took no step keeps the run it continues
-                self._run_length(run_length)
+            with contextlib.suppress(Exception):  # the error that got here is the one to see
+                recorder.undo_if_no_step()
+            if recorder.batches_run:
+                raise
             if isinstance(error, StopIteration):  # JAX's first peek at an empty iterator
                 raise empty_data_error() from error
-            if (
-                isinstance(error, UnboundLocalError)  # JAX's epoch of no batch, once built
-                and "'logs'" in str(error)
-                and not recorder.batches_run
-            ):
+            if _in_keras_jax_fit(error):  # its epoch loop, once a model has trained, read no batch
                 raise empty_data_error() from error
             if (
                 isinstance(error, RuntimeError)  # torch's: the model is built on a `None` batch
@@ -246,19 +247,11 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         # Batches, not optimizer steps: a loss scale skips the steps whose gradients overflow.
         no_step = not history.history or not recorder.batches_run
         if (recorder.epochs_run or requested) and no_step:
-            self._run_length(run_length)
+            recorder.undo_if_no_step()
             raise empty_data_error()
         return history
 
     # ---- shared plumbing ------------------------------------------------------------------
-    def _run_length(self, values=None):
-        """`(total_steps, steps_per_epoch)` as ints; with `values`, assigns them."""
-        variables = (self.total_steps, self.steps_per_epoch)
-        if values is not None:
-            for variable, value in zip(variables, values, strict=True):
-                variable.assign(value)
-        return tuple(int(ops.convert_to_numpy(v)) for v in variables)
-
     @property
     def feature_dim(self):
         """Width of the backbone's feature vector."""
@@ -462,6 +455,18 @@ def _check_backbone_output(backbone):
         )
 
 
+def _in_keras_jax_fit(error):
+    """Whether `error` is an `UnboundLocalError` of Keras's JAX `fit` itself (it reads its
+    last step's logs after an epoch that had none), not of the code it runs."""
+    if not isinstance(error, UnboundLocalError) or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    code = frame.tb_frame.f_code
+    return code.co_name == "fit" and code.co_filename.endswith(os.path.join("jax", "trainer.py"))
+
+
 class _RecordTotalSteps(keras.callbacks.Callback):
     """Stores the run's length and its steps per epoch in the model, counts the epochs and
     batches that ran, and tells the data each epoch's number (`set_epoch`).
@@ -470,11 +475,13 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     left: `iterations + steps x (epochs - first epoch)`. It is taken at the first epoch this
     `fit` runs, after `initial_epoch` or `BackupAndRestore` has placed it, so a resumed run
     keeps the length of the run it resumes, and a second `fit` extends the schedules over
-    its own steps instead of finding them at their end.
+    its own steps instead of finding them at their end. A `fit` that ends or fails before
+    its first batch has run puts them back (`undo_if_no_step`).
     """
 
     epochs_run = 0
     batches_run = 0
+    _replaced = None  # (total_steps, steps_per_epoch, optimizer iterations) at the first epoch
 
     def __init__(self, data=None):
         super().__init__()
@@ -485,6 +492,18 @@ class _RecordTotalSteps(keras.callbacks.Callback):
             if callable(getattr(target, "set_epoch", None))
         ]
 
+    def _run_state(self):
+        model = self.model
+        return model.total_steps, model.steps_per_epoch, model.optimizer.iterations
+
+    def undo_if_no_step(self):
+        """Puts back what this `fit` changed if no batch ran: the run's length, and the
+        optimizer's step count, which Keras's TensorFlow loop advances on an empty data set."""
+        if self.batches_run or self._replaced is None:
+            return
+        for variable, value in zip(self._run_state(), self._replaced, strict=True):
+            variable.assign(value)
+
     def on_epoch_begin(self, epoch, logs=None):
         for set_epoch in self._epoch_setters:
             set_epoch(epoch)  # the epoch's order, also in a run resumed at `epoch`
@@ -493,7 +512,8 @@ class _RecordTotalSteps(keras.callbacks.Callback):
             return
         model = self.model
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        done = int(ops.convert_to_numpy(model.optimizer.iterations))
+        self._replaced = tuple(int(ops.convert_to_numpy(v)) for v in self._run_state())
+        done = self._replaced[-1]
         if steps and epochs:
             model.total_steps.assign(done + int(steps) * (int(epochs) - epoch))
             model.steps_per_epoch.assign(int(steps))

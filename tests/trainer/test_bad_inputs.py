@@ -289,23 +289,38 @@ def test_empty_data_set():
     unknown = tf.data.Dataset.from_tensor_slices(_images()).filter(lambda x: False).batch(BATCH)
     model = _simclr()
     with pytest.raises(ValueError, match="empty data set"):
-        model.fit(unknown, verbose=0)  # before the model is built
+        model.fit(unknown, verbose=0)  # a new model (JAX's first peek finds no batch)
     model.fit(_images(), batch_size=BATCH, epochs=2, verbose=0)
 
-    def run_length():
-        return [
-            int(keras.ops.convert_to_numpy(v)) for v in (model.total_steps, model.steps_per_epoch)
-        ]
+    def run_state():
+        variables = (model.total_steps, model.steps_per_epoch, model.optimizer.iterations)
+        return [int(keras.ops.convert_to_numpy(v)) for v in variables]
 
-    trained_run = run_length()
+    trained = run_state()
     empty = np.zeros((0, SIZE, SIZE, 1), "float32")
     with pytest.raises(ValueError, match="empty data set"):
         model.fit(empty, batch_size=BATCH, verbose=0)
     with pytest.raises(ValueError, match="empty data set"):
         model.fit(tf.data.Dataset.from_tensor_slices(empty).batch(BATCH), verbose=0)
     with pytest.raises(ValueError, match="empty data set"):
-        model.fit(unknown, verbose=0)  # after it trained (JAX's loop fails differently)
-    assert run_length() == trained_run  # a fit that took no step keeps the run's length
+        model.fit(unknown, verbose=0)  # a trained model (JAX's loop fails differently)
+    with pytest.raises(ValueError, match="empty data set"):
+        model.fit(unknown, steps_per_epoch=2, verbose=0)  # sets a run length, takes no step
+    # A fit that ran no batch keeps the run's length and position (Keras's TensorFlow loop
+    # counts an optimizer step on the last set).
+    assert run_state() == trained
+
+
+def test_an_error_in_the_step_is_not_taken_for_empty_data(monkeypatch):
+    model = _simclr()
+    model.fit(_images(), batch_size=BATCH, verbose=0)
+
+    def broken(*args, **kwargs):
+        raise UnboundLocalError("cannot access local variable 'logs'")  # as Keras's JAX fit
+
+    monkeypatch.setattr(model, "compute_ssl_loss", broken)  # a new batch size retraces
+    with pytest.raises(UnboundLocalError):
+        model.fit(_images(), batch_size=2 * BATCH, verbose=0)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="a DataLoader feeds torch only")
