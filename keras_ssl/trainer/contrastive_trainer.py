@@ -228,8 +228,8 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                 recorder.undo_if_no_step()
             if recorder.batches_run:
                 raise
-            if isinstance(error, StopIteration):  # JAX's first peek at an empty iterator
-                raise empty_data_error() from error
+            if isinstance(error, StopIteration) and not recorder.training_began:
+                raise empty_data_error() from error  # JAX's first peek at an empty iterator
             if _in_keras_jax_fit(error):  # its epoch loop, once a model has trained, read no batch
                 raise empty_data_error() from error
             if (
@@ -455,6 +455,10 @@ def _check_backbone_output(backbone):
         )
 
 
+def _as_int(variable):
+    return int(ops.convert_to_numpy(variable))
+
+
 def _in_keras_jax_fit(error):
     """Whether `error` is an `UnboundLocalError` of Keras's JAX `fit` itself (it reads its
     last step's logs after an epoch that had none), not of the code it runs."""
@@ -464,7 +468,8 @@ def _in_keras_jax_fit(error):
     while frame.tb_next is not None:
         frame = frame.tb_next
     code = frame.tb_frame.f_code
-    return code.co_name == "fit" and code.co_filename.endswith(os.path.join("jax", "trainer.py"))
+    keras_jax_trainer = os.path.join("keras", "src", "backend", "jax", "trainer.py")
+    return code.co_name == "fit" and code.co_filename.endswith(keras_jax_trainer)
 
 
 class _RecordTotalSteps(keras.callbacks.Callback):
@@ -479,9 +484,11 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     its first batch has run puts them back (`undo_if_no_step`).
     """
 
+    training_began = False
     epochs_run = 0
     batches_run = 0
-    _replaced = None  # (total_steps, steps_per_epoch, optimizer iterations) at the first epoch
+    _replaced = None  # (total_steps, steps_per_epoch) before the first epoch set them
+    _counted = None  # TensorFlow: the optimizer's step count after the epoch's last batch
 
     def __init__(self, data=None):
         super().__init__()
@@ -491,33 +498,42 @@ class _RecordTotalSteps(keras.callbacks.Callback):
             for target in (data, getattr(data, "sampler", None))
             if callable(getattr(target, "set_epoch", None))
         ]
+        self._tensorflow = keras.backend.backend() == "tensorflow"
 
-    def _run_state(self):
-        model = self.model
-        return model.total_steps, model.steps_per_epoch, model.optimizer.iterations
+    def _run_length(self):
+        return self.model.total_steps, self.model.steps_per_epoch
+
+    def _step_counter(self):
+        optimizer = self.model.optimizer
+        # The counter itself: under gradient accumulation `iterations` is derived from it.
+        return getattr(optimizer, "inner_optimizer", optimizer)._iterations
 
     def undo_if_no_step(self):
-        """Puts back what this `fit` changed if no batch ran: the run's length, and the
-        optimizer's step count, which Keras's TensorFlow loop advances on an empty data set."""
+        """Puts back the run's length this `fit` replaced, if no batch ran."""
         if self.batches_run or self._replaced is None:
             return
-        for variable, value in zip(self._run_state(), self._replaced, strict=True):
+        for variable, value in zip(self._run_length(), self._replaced, strict=True):
             variable.assign(value)
+
+    def on_train_begin(self, logs=None):
+        self.training_began = True
 
     def on_epoch_begin(self, epoch, logs=None):
         for set_epoch in self._epoch_setters:
             set_epoch(epoch)  # the epoch's order, also in a run resumed at `epoch`
+        if self._tensorflow:
+            self._counted = _as_int(self._step_counter())
         self.epochs_run += 1
         if self.epochs_run > 1:
             return
         model = self.model
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        self._replaced = tuple(int(ops.convert_to_numpy(v)) for v in self._run_state())
-        done = self._replaced[-1]
+        self._replaced = tuple(_as_int(v) for v in self._run_length())
+        done = _as_int(model.optimizer.iterations)
         if steps and epochs:
             model.total_steps.assign(done + int(steps) * (int(epochs) - epoch))
             model.steps_per_epoch.assign(int(steps))
-        elif model.uses_run_length and int(ops.convert_to_numpy(model.total_steps)) <= done:
+        elif model.uses_run_length and _as_int(model.total_steps) <= done:
             raise ValueError(
                 f"{type(model).__name__}'s schedules (EMA momentum, temperatures, weight decay) "
                 "run over the whole training run, and fit() cannot tell its length from this "
@@ -527,3 +543,12 @@ class _RecordTotalSteps(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches_run += 1
+        if self._tensorflow:
+            self._counted = _as_int(self._step_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Keras's TensorFlow loop ends an epoch of data whose length it does not know with a
+        # call that finds the data used up, and the optimizer's step count, whose increment
+        # does not wait for the data, goes up in it all the same: a step that never ran.
+        if self._counted is not None and _as_int(self._step_counter()) != self._counted:
+            self._step_counter().assign(self._counted)

@@ -282,18 +282,22 @@ def test_views_smaller_than_the_vit_patch():
         model.fit(_images(BATCH), batch_size=BATCH, verbose=0)
 
 
-def test_empty_data_set():
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_empty_data_set(accumulation):
     import tensorflow as tf
 
     # Cardinality unknown to TensorFlow: caught after fit ran no step.
     unknown = tf.data.Dataset.from_tensor_slices(_images()).filter(lambda x: False).batch(BATCH)
     model = _simclr()
+    model.compile(optimizer=keras.optimizers.SGD(0.01, gradient_accumulation_steps=accumulation))
     with pytest.raises(ValueError, match="empty data set"):
         model.fit(unknown, verbose=0)  # a new model (JAX's first peek finds no batch)
     model.fit(_images(), batch_size=BATCH, epochs=2, verbose=0)
 
     def run_state():
-        variables = (model.total_steps, model.steps_per_epoch, model.optimizer.iterations)
+        # The optimizer's own counter: under accumulation `iterations` is derived from it.
+        counter = model.optimizer._iterations
+        variables = (model.total_steps, model.steps_per_epoch, counter)
         return [int(keras.ops.convert_to_numpy(v)) for v in variables]
 
     trained = run_state()
@@ -309,6 +313,41 @@ def test_empty_data_set():
     # A fit that ran no batch keeps the run's length and position (Keras's TensorFlow loop
     # counts an optimizer step on the last set).
     assert run_state() == trained
+
+
+def test_a_fit_that_fails_after_a_step_keeps_its_run(monkeypatch):
+    # A step that ran keeps its count and the new run's length, whatever fails after it.
+    model = _simclr()
+    model.fit(_images(), batch_size=BATCH, verbose=0)
+
+    def state():
+        variables = (model.optimizer.iterations, model.total_steps, model.trainable_variables[0])
+        return [keras.ops.convert_to_numpy(v) for v in variables]
+
+    class FailAfterTheFirstBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("a callback failed")
+
+    done, _, weights = state()
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        model.fit(
+            _images(), batch_size=BATCH, epochs=3, callbacks=[FailAfterTheFirstBatch()], verbose=0
+        )
+    iterations, total_steps, new_weights = state()
+    assert iterations == done + 1 and total_steps == done + 2 * 3
+    assert not np.array_equal(new_weights, weights)
+
+    # After the update, inside the step: on torch (eager) the update has run; on TensorFlow
+    # and JAX the step fails as it is traced, before any update. The count follows the weights.
+    def fail():
+        raise RuntimeError("after the update")
+
+    monkeypatch.setattr(model, "after_optimizer_step", fail)
+    done, _, weights = state()
+    with pytest.raises(RuntimeError, match="after the update"):
+        model.fit(_images(), batch_size=2 * BATCH, verbose=0)  # a new batch size retraces
+    iterations, _, new_weights = state()
+    assert iterations == done + (not np.array_equal(new_weights, weights))
 
 
 def test_an_error_in_the_step_is_not_taken_for_empty_data(monkeypatch):
