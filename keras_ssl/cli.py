@@ -16,6 +16,8 @@ import platform
 import sys
 import time
 
+from keras_ssl.augment.recipes import DINOV2_CROP_SCALES
+
 # The demo recipe of each method for small images (28-96 px) on a CPU: the paper's method
 # and augmentation family, widths and schedules scaled down. `lr` is AdamW's peak rate.
 DEMO_RECIPES = {
@@ -57,10 +59,7 @@ DEMO_RECIPES = {
     "dinov2": dict(
         method="DINOv2",
         augment="DINOMultiCrop",
-        # DINOv2's crop areas (`DINOMultiCrop.dinov2`), not DINO's (0.4-1 / 0.05-0.4).
-        augment_options=dict(
-            num_local_crops=4, global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32)
-        ),
+        augment_options=dict(num_local_crops=4, **DINOV2_CROP_SCALES),
         # DINOv2 needs patch tokens: a ViT with 4 px patches (7 x 7 of them at 28 px).
         # LayerScale starts at 1, not DINOv2's 1e-5: at 1e-5 every image's CLS token is the
         # same at init, Sinkhorn-Knopp of identical rows is exactly uniform, and the CLS loss

@@ -16,6 +16,9 @@ from keras_ssl.augment.color import ColorJitter, RandomGrayscale, Solarize
 from keras_ssl.augment.containers import AugmentationPipeline, MultiViewAugment
 from keras_ssl.augment.geometric import RandomHorizontalFlip, RandomResizedCrop
 
+# DINOv2's crop areas (``ssl_default_config.yaml``), where DINO's are 0.4-1 / 0.05-0.4.
+DINOV2_CROP_SCALES = dict(global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32))
+
 
 def _size_pair(image_size):
     if isinstance(image_size, int):
@@ -568,8 +571,7 @@ class DINOMultiCrop(_MultiViewRecipe):
         >>> DINOMultiCrop.dinov2(seed=0).recipe["local_crop_scale"]
         [0.05, 0.32]
         """
-        config = dict(global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32))
-        config.update(overrides)
+        config = {**DINOV2_CROP_SCALES, **overrides}
         return cls(global_size, local_size, **config)
 
     @classmethod
