@@ -452,23 +452,29 @@ class ViTAttention(keras.layers.Layer):
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, T, head_dim) each
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=head_dim**-0.5)
             return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, dim))
-        float32 = keras.backend.standardize_dtype(qkv.dtype) == "float32"
-        if not return_attention and not (on_xla_cpu() and float32):
+        dtype = keras.backend.standardize_dtype(qkv.dtype)
+        explicit = on_xla_cpu() and dtype in ("float32", "float16")
+        if not return_attention and not explicit:
             # Keras's op: on TensorFlow its einsum form, which TensorFlow's graph runs faster
             # than the batched matmuls below (25 against 59 ms, the block above); JAX's
-            # fused kernel on GPUs, and under mixed precision (its logits accumulate in
+            # fused kernel on GPUs, and under mixed_bfloat16 (its logits accumulate in
             # float32, the matmul below would round them to 16 bits).
             q, k, v = ops.unstack(qkv, axis=2)  # (N, T, heads, head_dim) each
             out = ops.dot_product_attention(q, k, v, scale=head_dim**-0.5)
             return ops.reshape(out, (batch, -1, dim))
         # XLA:CPU runs these batched matmuls faster than the einsums of
-        # `jax.nn.dot_product_attention` (22 against 30 ms, the block above).
+        # `jax.nn.dot_product_attention` (22 against 30 ms, the block above). It has no
+        # float16 product that accumulates in float32, which Keras's op asks for (its
+        # gradient fails under mixed_float16), so float16 runs here in float32.
+        if explicit and dtype == "float16":
+            qkv = ops.cast(qkv, "float32")
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head_dim)
         q, k, v = qkv[0], qkv[1], qkv[2]
         logits = ops.matmul(q * (head_dim**-0.5), ops.transpose(k, (0, 1, 3, 2)))
         weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
         out = ops.matmul(weights, v)  # (N, heads, T, head_dim)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, dim))
+        out, weights = ops.cast(out, dtype), ops.cast(weights, dtype)
         return (out, weights) if return_attention else out
 
     def compute_output_spec(self, qkv, return_attention=False):

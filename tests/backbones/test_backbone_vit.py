@@ -223,6 +223,40 @@ def test_attention_under_mixed_precision_keeps_the_fused_kernel(monkeypatch):
     np.testing.assert_allclose(_np(keras.ops.cast(out, "float32")), expected, atol=0.1)
 
 
+def test_attention_under_mixed_float16_computes_in_float32_on_xla_cpu(monkeypatch):
+    # XLA:CPU has no float16 product that accumulates in float32, which Keras's op asks
+    # for (its gradient fails on JAX's CPU), so there the layer computes in float32 and
+    # rounds once: within half a float16 step of the exact result, gradients too.
+    # PyTorch keeps its SDPA.
+    monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: True)
+    fused = _spy_on_fused_kernels(monkeypatch)
+    rng = np.random.default_rng(2)
+    qkv = (rng.normal(size=(3, 7, 3 * 2 * 8)) * 2.0).astype("float16")
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 7, 16)).astype("float32"))
+    layer = ViTAttention(num_heads=2, dtype="mixed_float16")
+
+    def loss(x):
+        return keras.ops.sum(keras.ops.cast(layer(x), "float32") * upstream)
+
+    out = layer(qkv)
+    (grad,) = gradients(loss, qkv)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    expected, _ = _reference_attention(qkv, heads=2)
+    on_torch = keras.backend.backend() == "torch"
+    assert fused == ([True, True] if on_torch else [])
+    rounded_once = dict(rtol=2**-11, atol=1e-5)  # torch's float16 kernel: its own error
+    tolerance = dict(rtol=1e-2, atol=1e-2) if on_torch else rounded_once
+    np.testing.assert_allclose(_np(out).astype("float64"), expected, **tolerance)
+    monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: False)
+    (expected_grad,) = gradients(  # float32, the explicit path (checked against the fused)
+        lambda x: keras.ops.sum(ViTAttention(num_heads=2)(x, return_attention=True)[0] * upstream),
+        qkv.astype("float32"),
+    )
+    assert np.abs(expected_grad).max() > 0.1
+    tolerance = dict(rtol=1e-2, atol=1e-2) if on_torch else dict(rtol=2**-10, atol=1e-3)
+    np.testing.assert_allclose(grad, expected_grad, **tolerance)
+
+
 def test_attention_gradients_equal_in_both_paths(monkeypatch):
     # The fused kernel's gradients (torch's SDPA on strided views of qkv, Keras's op
     # elsewhere) against the explicit path's, whose forward the test above checks.

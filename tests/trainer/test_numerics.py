@@ -187,10 +187,21 @@ def test_loss_is_float32_and_finite_under_mixed_bfloat16(name, mixed_bfloat16):
             assert getattr(model, variable).dtype == "float32"
 
 
-def test_a_mixed_bfloat16_fit_logs_finite_float32_losses(mixed_bfloat16):
-    model = _method("dinov2")
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.0, clipnorm=3.0))
-    history = model.fit(_views(16), batch_size=8, epochs=2, verbose=0).history
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_fit_logs_finite_float32_losses(policy):
+    # mixed_float16 trains under Keras's loss scaling; on JAX's CPU the ViT's attention
+    # then runs in float32 (XLA:CPU has no float16 product accumulating in float32, which
+    # Keras's attention op asks for in its gradient).
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = _method("dinov2")
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.0, clipnorm=3.0))
+        history = model.fit(_views(16), batch_size=8, epochs=2, verbose=0).history
+    finally:
+        keras.config.set_dtype_policy(previous)
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (policy == "mixed_float16")
     for name in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
         assert np.all(np.isfinite(history[name])), (name, history[name])
     assert all(w.dtype == "float32" for w in model.trainable_weights)  # float32 master weights
