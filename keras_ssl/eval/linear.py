@@ -154,13 +154,18 @@ def linear_probe(
         num_classes = int(max(y_train.max(), y_test.max())) + 1
     dim = x_train.shape[1]
 
-    inputs = keras.Input((dim,), name="features")
+    # The head computes in float32 under any global dtype policy, as DINO's linear
+    # evaluation does: in float16 a feature whose standard deviation is below ~2e-4 has
+    # zero variance and standardises to infinity, and values above 65,504 overflow.
+    inputs = keras.Input((dim,), name="features", dtype="float32")
     h = inputs
     if standardize:
         mean = x_train.mean(axis=0)
         variance = x_train.var(axis=0)
         variance = np.where(variance < 1e-12, 1.0, variance)
-        h = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(h)
+        h = keras.layers.Normalization(
+            mean=mean, variance=variance, name="standardize", dtype="float32"
+        )(h)
     coupled_decay = isinstance(optimizer, str) and optimizer.lower() == "sgd" and weight_decay
     penalty = keras.regularizers.L2(weight_decay / 2.0) if coupled_decay else None
     outputs = keras.layers.Dense(
@@ -170,8 +175,10 @@ def linear_probe(
         kernel_regularizer=penalty,
         bias_regularizer=penalty,
         name="classifier",
+        dtype="float32",
     )(h)
     head = keras.Model(inputs, outputs, name="linear_probe")
+    head.dtype_policy = "float32"  # so compile adds no loss scaling under mixed_float16
 
     if isinstance(optimizer, str):
         if optimizer.lower() == "adamw":
@@ -185,8 +192,11 @@ def linear_probe(
                 f"optimizer must be 'adamw', 'sgd' or an optimizer, got {optimizer!r}."
             )
     head.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    history = head.fit(
-        _ShuffledArrays(x_train, y_train, batch_size, seed), epochs=epochs, verbose=verbose
+    history = head.fit(  # the batches shuffle themselves: Keras's shuffle is not seeded
+        _ShuffledArrays(x_train, y_train, batch_size, seed),
+        epochs=epochs,
+        verbose=verbose,
+        shuffle=False,
     )
     return LinearProbeResult(
         top1=_predict_top1(head, x_test, y_test, batch_size),

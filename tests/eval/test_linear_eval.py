@@ -44,6 +44,46 @@ def test_noise_is_near_chance():
     assert 0.12 <= result.top1 <= 0.40  # chance is 0.25 with 300 test points
 
 
+def test_a_seed_reproduces_the_fit():
+    rng = np.random.default_rng(3)
+    x, y = _separable(rng, 200)
+    first, second = (
+        linear_probe(x[:150], y[:150], x[150:], y[150:], epochs=3, batch_size=50, seed=4)
+        for _ in range(2)
+    )
+    assert first.history["loss"] == second.history["loss"]
+    for a, b in zip(first.head.weights, second.head.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_the_probe_computes_in_float32_under_mixed_precision(policy):
+    # A feature of standard deviation 1e-5 has zero variance in float16 (its standardised
+    # values overflow) and one of scale 1e5 overflows itself: the probe trains in float32
+    # whatever the global policy, with the same result as under float32.
+    rng = np.random.default_rng(2)
+    x, y = _separable(rng, 200)
+    x[:, -1] = 5.0 + 1e-5 * rng.normal(size=200)
+    x[:, -2] *= 1e5
+
+    def probe():
+        return linear_probe(
+            x[:150], y[:150], x[150:], y[150:], epochs=10, batch_size=16, learning_rate=1e-2
+        )
+
+    expected = probe()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        result = probe()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert result.head.dtype_policy.name == "float32"
+    assert not isinstance(result.head.optimizer, keras.optimizers.LossScaleOptimizer)
+    np.testing.assert_allclose(result.history["loss"], expected.history["loss"], rtol=1e-6)
+    assert result.top1 == expected.top1 >= 0.9
+
+
 def test_extract_features_uint8_and_channel_axis():
     images = np.random.default_rng(0).integers(0, 256, size=(5, 6, 6), dtype=np.uint8)
     model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten()])
