@@ -45,4 +45,9 @@ def test_tiny_run_writes_table_chart_and_record(tmp_path):
     ]
     table = (tmp_path / "results.md").read_text()
     assert "| SimCLR, 1 epochs | ConvNet |" in table and "raw pixels" in table
+    # pretraining and the checkpoints' kNN / probe evaluations are timed apart
+    assert 0 < simclr["eval_seconds"] < simclr["wall_seconds"]
+    row = next(line for line in table.splitlines() if line.startswith("| SimCLR"))
+    pretrain = simclr["wall_seconds"] - simclr["eval_seconds"]
+    assert row.endswith(f"| {pretrain:.0f} | {simclr['eval_seconds']:.0f} |")
     assert (tmp_path / "chart.png").stat().st_size > 1000

@@ -292,8 +292,8 @@ def _markdown(results, epochs, command):
         f"`{command}`",
         "",
         "| features | backbone | kNN top-1 | linear top-1 | linear margin over random init "
-        "| pretrain time (s) |",
-        "|---|---|---|---|---|---|",
+        "| pretrain s | checkpoint evaluations s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in results["methods"].values():
         final = run["final"]
@@ -302,12 +302,12 @@ def _markdown(results, epochs, command):
         lines.append(
             f"| {run['name']}, {results['config']['epochs']} epochs | {run['backbone']} | "
             f"{final['knn_top1']:.4f} | {final['linear_top1']:.4f} | {margin:+.4f} | "
-            f"{run['wall_seconds']:.0f} |"
+            f"{run['wall_seconds'] - run['eval_seconds']:.0f} | {run['eval_seconds']:.0f} |"
         )
     for name, row in results["baselines"].items():
         family = name[name.find("(") + 1 : -1] if "(" in name else "-"
         lines.append(
-            f"| {name} | {family} | {row['knn_top1']:.4f} | {row['linear_top1']:.4f} | | |"
+            f"| {name} | {family} | {row['knn_top1']:.4f} | {row['linear_top1']:.4f} | | | |"
         )
     lines += [
         "",

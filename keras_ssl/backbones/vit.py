@@ -463,19 +463,19 @@ class ViTAttention(keras.layers.Layer):
             out = ops.dot_product_attention(q, k, v, scale=head_dim**-0.5)
             return ops.reshape(out, (batch, -1, dim))
         # XLA:CPU runs these batched matmuls faster than the einsums of
-        # `jax.nn.dot_product_attention` (22 against 30 ms, the block above). It has no
-        # float16 product that accumulates in float32, which Keras's op asks for (its
-        # gradient fails under mixed_float16), so float16 runs here in float32.
-        if explicit and dtype == "float16":
+        # `jax.nn.dot_product_attention` (22 against 30 ms, the block above). 16-bit inputs
+        # are computed in float32 and rounded once: 16-bit products would round the logits
+        # (XLA:CPU has no float16 product accumulating in float32, which Keras's op asks
+        # for: its gradient fails under mixed_float16).
+        if dtype in ("float16", "bfloat16"):
             qkv = ops.cast(qkv, "float32")
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, head_dim)
         q, k, v = qkv[0], qkv[1], qkv[2]
         logits = ops.matmul(q * (head_dim**-0.5), ops.transpose(k, (0, 1, 3, 2)))
-        weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
-        out = ops.matmul(weights, v)  # (N, heads, T, head_dim)
-        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, dim))
-        out, weights = ops.cast(out, dtype), ops.cast(weights, dtype)
-        return (out, weights) if return_attention else out
+        weights = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        out = ops.matmul(ops.cast(weights, v.dtype), v)  # (N, heads, T, head_dim)
+        out = ops.cast(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, dim)), dtype)
+        return (out, ops.cast(weights, dtype)) if return_attention else out
 
     def compute_output_spec(self, qkv, return_attention=False):
         batch, length, width = qkv.shape

@@ -156,7 +156,8 @@ def linear_probe(
 
     # The head computes in float32 under any global dtype policy, as DINO's linear
     # evaluation does: in float16 a feature whose standard deviation is below ~2e-4 has
-    # zero variance and standardises to infinity, and values above 65,504 overflow.
+    # zero variance (Keras's Normalization then divides by its epsilon), and values
+    # above 65,504 overflow.
     inputs = keras.Input((dim,), name="features", dtype="float32")
     h = inputs
     if standardize:
@@ -178,7 +179,6 @@ def linear_probe(
         dtype="float32",
     )(h)
     head = keras.Model(inputs, outputs, name="linear_probe")
-    head.dtype_policy = "float32"  # so compile adds no loss scaling under mixed_float16
 
     if isinstance(optimizer, str):
         if optimizer.lower() == "adamw":
@@ -191,7 +191,9 @@ def linear_probe(
             raise ValueError(
                 f"optimizer must be 'adamw', 'sgd' or an optimizer, got {optimizer!r}."
             )
-    head.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    head.compile(  # a float32 head: no loss scaling under mixed_float16
+        optimizer=optimizer, loss="sparse_categorical_crossentropy", auto_scale_loss=False
+    )
     history = head.fit(  # the batches shuffle themselves: Keras's shuffle is not seeded
         _ShuffledArrays(x_train, y_train, batch_size, seed),
         epochs=epochs,

@@ -226,8 +226,8 @@ def test_attention_under_mixed_precision_keeps_the_fused_kernel(monkeypatch):
 def test_attention_under_mixed_float16_computes_in_float32_on_xla_cpu(monkeypatch):
     # XLA:CPU has no float16 product that accumulates in float32, which Keras's op asks
     # for (its gradient fails on JAX's CPU), so there the layer computes in float32 and
-    # rounds once: within half a float16 step of the exact result, gradients too.
-    # PyTorch keeps its SDPA.
+    # rounds once: within half a float16 step of the exact result, and its gradients
+    # within a float16 step of the float32 path's. PyTorch keeps its SDPA.
     monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: True)
     fused = _spy_on_fused_kernels(monkeypatch)
     rng = np.random.default_rng(2)
@@ -255,6 +255,24 @@ def test_attention_under_mixed_float16_computes_in_float32_on_xla_cpu(monkeypatc
     assert np.abs(expected_grad).max() > 0.1
     tolerance = dict(rtol=1e-2, atol=1e-2) if on_torch else dict(rtol=2**-10, atol=1e-3)
     np.testing.assert_allclose(grad, expected_grad, **tolerance)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_attention_weights_in_16_bits_are_computed_in_float32(policy):
+    # The call that returns the weights runs the explicit path on every backend; with
+    # 16-bit inputs it computes in float32 and rounds the weights and the output once
+    # (16-bit logits would be off by up to half a step of their own size, here ~0.1).
+    dtype = policy.removeprefix("mixed_")
+    rng = np.random.default_rng(3)
+    qkv = keras.ops.cast(rng.normal(size=(3, 7, 3 * 2 * 8)) * 3.0, dtype)
+    out, weights = ViTAttention(num_heads=2, dtype=policy)(qkv, return_attention=True)
+    assert keras.backend.standardize_dtype(out.dtype) == dtype
+    assert keras.backend.standardize_dtype(weights.dtype) == dtype
+    expected, expected_weights = _reference_attention(_np(keras.ops.cast(qkv, "float32")), 2)
+    half_step = 2**-11 if dtype == "float16" else 2**-8
+    as_float64 = lambda x: _np(keras.ops.cast(x, "float32")).astype("float64")  # noqa: E731
+    np.testing.assert_allclose(as_float64(weights), expected_weights, rtol=half_step, atol=1e-7)
+    np.testing.assert_allclose(as_float64(out), expected, rtol=half_step, atol=1e-6)
 
 
 def test_attention_gradients_equal_in_both_paths(monkeypatch):

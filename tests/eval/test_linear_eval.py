@@ -48,7 +48,7 @@ def test_a_seed_reproduces_the_fit():
     rng = np.random.default_rng(3)
     x, y = _separable(rng, 200)
     first, second = (
-        linear_probe(x[:150], y[:150], x[150:], y[150:], epochs=3, batch_size=50, seed=4)
+        linear_probe(x[:150], y[:150], x[150:], y[150:], epochs=3, batch_size=10, seed=4)
         for _ in range(2)
     )
     assert first.history["loss"] == second.history["loss"]
@@ -58,9 +58,9 @@ def test_a_seed_reproduces_the_fit():
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_the_probe_computes_in_float32_under_mixed_precision(policy):
-    # A feature of standard deviation 1e-5 has zero variance in float16 (its standardised
-    # values overflow) and one of scale 1e5 overflows itself: the probe trains in float32
-    # whatever the global policy, with the same result as under float32.
+    # In float16 a feature of standard deviation 1e-5 rounds to its mean (its information
+    # is lost) and one of scale 1e5 overflows (the loss is NaN): the probe trains in
+    # float32 whatever the global policy, with the same result as under float32.
     rng = np.random.default_rng(2)
     x, y = _separable(rng, 200)
     x[:, -1] = 5.0 + 1e-5 * rng.normal(size=200)
@@ -78,7 +78,7 @@ def test_the_probe_computes_in_float32_under_mixed_precision(policy):
         result = probe()
     finally:
         keras.config.set_dtype_policy(previous)
-    assert result.head.dtype_policy.name == "float32"
+    assert {layer.dtype_policy.name for layer in result.head.layers[1:]} == {"float32"}
     assert not isinstance(result.head.optimizer, keras.optimizers.LossScaleOptimizer)
     np.testing.assert_allclose(result.history["loss"], expected.history["loss"], rtol=1e-6)
     assert result.top1 == expected.top1 >= 0.9
