@@ -16,6 +16,7 @@ from keras_ssl.augment import (
     blur_kernel_size,
     simclr_pipeline,
 )
+from tests._support.dtype_policy import global_dtype_policy
 
 BACKEND = keras.backend.backend()
 
@@ -226,11 +227,8 @@ def test_eager_calls_of_user_layers_do_not_share_compiled_functions():
 def test_views_stay_float32_under_mixed_precision():
     images = _uint8_images(n=4, size=16)
     reference = _np(SimCLRAugment.small_images(16, seed=3)(images)[0])
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with global_dtype_policy("mixed_bfloat16"):
         augment = SimCLRAugment.small_images(16, seed=3)
-    finally:
-        keras.config.set_dtype_policy("float32")
     views = augment(images)
     assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in views)
     np.testing.assert_allclose(_np(views[0]), reference, atol=1e-6)

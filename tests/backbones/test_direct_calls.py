@@ -8,6 +8,7 @@ import pytest
 from keras.src.backend.common.variables import AutocastScope
 
 from keras_ssl.backbones import ResNet, ViT, _direct_calls
+from tests._support.dtype_policy import global_dtype_policy
 
 VIT = dict(
     patch_size=4,
@@ -187,12 +188,8 @@ def test_layers_that_need_dispatch_get_it(layer_calls, change, name):
 
 @pytest.mark.parametrize("name", ["vit", "resnet"])
 def test_mixed_precision_takes_keras_dispatch(layer_calls, name):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with global_dtype_policy("mixed_bfloat16"):
         model = _build(name)
-    finally:
-        keras.config.set_dtype_policy(previous)
     layer_calls.clear()
     outputs = model(_images())
     assert keras.backend.standardize_dtype(outputs.dtype) == "bfloat16"

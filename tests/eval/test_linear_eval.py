@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.eval import LinearProbeResult, extract_features, linear_probe
+from tests._support.dtype_policy import global_dtype_policy
 
 
 def _separable(rng, n, classes=4, dim=16):
@@ -72,12 +73,8 @@ def test_the_probe_computes_in_float32_under_mixed_precision(policy):
         )
 
     expected = probe()
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
+    with global_dtype_policy(policy):
         result = probe()
-    finally:
-        keras.config.set_dtype_policy(previous)
     assert {layer.dtype_policy.name for layer in result.head.layers[1:]} == {"float32"}
     assert not isinstance(result.head.optimizer, keras.optimizers.LossScaleOptimizer)
     np.testing.assert_allclose(result.history["loss"], expected.history["loss"], rtol=1e-6)

@@ -15,6 +15,7 @@ from keras import ops
 import keras_ssl
 from keras_ssl.backbones import ConvNet, ViT
 from keras_ssl.callbacks.terminate_on_nan import NonFiniteLossWarning, TerminateOnNaN
+from tests._support.dtype_policy import global_dtype_policy
 
 SIZE = 8
 
@@ -162,10 +163,8 @@ def _views(n, seed=0):
 
 @pytest.fixture
 def mixed_bfloat16():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    yield
-    keras.config.set_dtype_policy(previous)
+    with global_dtype_policy("mixed_bfloat16"):
+        yield
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -195,17 +194,13 @@ def test_a_mixed_precision_fit_logs_finite_float32_losses(policy):
     # norm of ~3e-4 at init, so its normalisation scales gradients up ~3e3x: from Keras's
     # initial loss scale (2^15) the float16 gradients overflow and the steps are skipped
     # until the scale falls to 8. The demo recipes step at 2^15 from the first batch.
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
+    with global_dtype_policy(policy):
         model = _method("dinov2")
         optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.0, clipnorm=3.0)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0)
         model.compile(optimizer=optimizer)
         history = model.fit(_views(16), batch_size=8, epochs=2, verbose=0).history
-    finally:
-        keras.config.set_dtype_policy(previous)
     assert int(model.optimizer.iterations) == 4  # every step taken (none skipped)
     for name in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
         assert np.all(np.isfinite(history[name])), (name, history[name])
