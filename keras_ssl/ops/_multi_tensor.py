@@ -94,6 +94,7 @@ def clip_each_by_norm(tensors, clip_norm):
     `c = clip_norm`, scaled down to norm `c` where it is larger. This is Keras's optimizer
     `clipnorm` and DINO's per-parameter gradient clipping (Caron et al., 2021). `None`
     entries pass through; a zero tensor stays zero, a non-finite norm gives NaN (as Keras).
+    Norms are taken in float32 on every backend (a float16 norm overflows past 65,504).
 
     On PyTorch the norms are one `torch._foreach_norm` and the scaling one
     `torch._foreach_mul` per dtype, with `c` a Python float throughout: no value goes
@@ -125,7 +126,7 @@ def clip_each_by_norm(tensors, clip_norm):
             indices.append(i)
             group.append(g)
         for (_, dtype), (indices, group) in groups.items():
-            norms = torch.stack(torch._foreach_norm(group)).float()
+            norms = torch.stack(torch._foreach_norm(group, dtype=torch.float32))
             scales = (clip_norm / torch.clamp(norms, min=clip_norm)).to(dtype)
             for i, g in zip(indices, torch._foreach_mul(group, list(scales.unbind())), strict=True):
                 clipped[i] = g

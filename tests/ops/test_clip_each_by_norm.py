@@ -58,3 +58,12 @@ def test_non_finite_gradients_give_nan_as_keras_does():
     g = np.array([1.0, np.inf, 2.0], "float32")
     (out,) = clip_each_by_norm([ops.convert_to_tensor(g)], 1.0)
     assert np.isnan(ops.convert_to_numpy(out)).any()
+
+
+def test_a_float16_norm_past_its_range_still_clips():
+    # ||g|| = 80,000 overflows float16 (65,504): the norm is taken in float32.
+    g = np.full((4,), 40000.0, "float16")
+    (out,) = clip_each_by_norm([ops.convert_to_tensor(g)], 1.0)
+    out = ops.convert_to_numpy(out)
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out.astype("float64"), _expected(g, 1.0), rtol=1e-3)

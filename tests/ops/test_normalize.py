@@ -61,3 +61,22 @@ def test_no_python_number_becomes_a_tensor():
     with count_numbers_made_tensors() as count:
         l2_normalize(x)
     assert count[0] == 0
+
+
+def test_gradient_at_a_zero_vector_is_finite():
+    # d/dx of x / sqrt(max(|x|^2, eps^2)) at x = 0 is g / eps (PyTorch's `F.normalize`).
+    x = _rows()[[0, 1]]
+    g = np.random.default_rng(2).normal(size=x.shape).astype("float32")
+    (grad,) = gradients(lambda t: ops.sum(l2_normalize(t) * ops.convert_to_tensor(g)), x)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad[1], g[1] / 1e-12, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_inputs_are_normalised_in_float32(dtype):
+    # A norm of 300 squares past float16's 65,504, and epsilon rounds to 0 in 16 bits.
+    x = np.array([[300.0, 300.0, 0.0], [0.0, 0.0, 0.0], [3.0, -4.0, 0.0]], "float32")
+    out = l2_normalize(ops.cast(x, dtype))
+    assert keras.backend.standardize_dtype(out.dtype) == dtype
+    expected = ops.convert_to_numpy(ops.cast(_reference(x, -1, 1e-12), dtype))
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(out, "float32")), expected)
