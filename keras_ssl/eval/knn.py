@@ -30,7 +30,10 @@ def knn_accuracy(
     L2-normalised, each test feature takes its ``k`` train neighbours of highest cosine
     similarity ``s``, each neighbour votes for its class with weight ``exp(s / T)``, and
     the class with the largest summed vote is predicted (DINO also reports top-5: the
-    true class among the five of largest vote, ``top=5``). Runs with ``keras.ops`` on any
+    true class among the five of largest vote, ``top=5``). Classes ordered by vote
+    as a stable sort orders them: of tied classes (equal or no votes, as collapsed
+    features give) the lower class index ranks first, so a tie is never counted as a
+    hit for every class in it. Runs with ``keras.ops`` on any
     backend, ``batch_size`` test rows at a time.
 
     Args:
@@ -43,7 +46,7 @@ def knn_accuracy(
         num_classes: number of classes; default ``max(label) + 1``.
         batch_size: test rows per chunk (memory is ``batch_size * N`` floats).
         top: a test row counts as correct when its class is among the ``top`` classes
-            of largest vote (1: top-1 accuracy).
+            of largest vote (1: top-1 accuracy); at most ``k`` places, as DINO counts.
 
     Returns:
         The top-``top`` accuracy on the test set, a Python float in ``[0, 1]``.
@@ -106,7 +109,10 @@ def knn_accuracy(
         votes = ops.convert_to_numpy(votes)
         truth = test_labels[start : start + batch_size]
         true_votes = votes[np.arange(len(truth)), truth][:, None]
-        # a hit: the true class has a vote, and fewer than `top` classes have more
+        # The true class's place in a stable descending sort of the votes: the classes
+        # with more votes, and those tied with it at a lower index, come first.
+        lower_index = np.arange(num_classes)[None, :] < truth[:, None]
         rank = np.sum(votes > true_votes, axis=1)
-        correct += int(np.sum((true_votes[:, 0] > 0) & (rank < top)))
+        rank += np.sum((votes == true_votes) & lower_index, axis=1)
+        correct += int(np.sum(rank < min(top, k)))
     return correct / len(test_features)

@@ -16,7 +16,9 @@ def _reference_hits(train_x, train_y, test_x, test_y, k, temperature, num_classe
         votes = np.zeros(num_classes)
         for j in neighbours:
             votes[train_y[j]] += np.exp(sim[j] / temperature)
-        hits.append(int(votes[y] > 0 and y in np.argsort(-votes)[:top]))
+        # DINO's `probs.sort(1, True)` then the first `min(top, k)` places; ties in a
+        # stable order (lower class first)
+        hits.append(int(y in np.argsort(-votes, kind="stable")[: min(top, k)]))
     return np.array(hits)
 
 
@@ -40,8 +42,8 @@ def test_matches_numpy_reference(k):
     assert knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=0.5) == (
         pytest.approx(expected, abs=1e-9)
     )
-    # top-3 of 4 classes: the true class among the three of largest vote (with k = 1 only
-    # one class has a vote, so top-3 is top-1)
+    # top-3 of 4 classes: the true class among the three of largest vote (with k = 1 DINO
+    # counts min(top, k) = 1 place, so top-3 is top-1)
     expected = _reference_knn(train_x, train_y, test_x, test_y, k, 0.07, 4, top=3)
     got = knn_accuracy(train_x, train_y, test_x, test_y, k=k, top=3, batch_size=16)
     assert got == pytest.approx(expected, abs=1e-9)
@@ -112,3 +114,24 @@ def test_small_temperatures_do_not_overflow_the_votes():
     labels = np.array([0, 1, 1])
     assert knn_accuracy(bank, labels, [[1.0, 0.0]], [1], k=3, temperature=0.01) == 1.0
     assert knn_accuracy(bank, labels, [[1.0, 0.0]], [0], k=3, temperature=0.005) == 1.0
+
+
+def test_tied_votes_are_one_prediction_not_a_hit_for_every_tied_class():
+    # Collapsed features: every neighbour equally similar, so the classes' votes are the
+    # counts of their neighbours. Two balanced classes tie: one prediction (class 0),
+    # right for half of the test rows, as DINO's sort gives.
+    train_x = np.ones((40, 4), "float32")
+    train_y = np.repeat([0, 1], 20)
+    test_x = np.ones((10, 4), "float32")
+    test_y = np.repeat([0, 1], 5)
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=40) == 0.5
+    expected = _reference_knn(train_x, train_y, test_x, test_y, 40, 0.07, 2)
+    assert expected == 0.5
+    # Ten classes, two of them with (tied) votes: 7 ranks before 9, the other eight tie at
+    # zero, and top-5 takes the three of lowest index among them.
+    labels = np.arange(10)
+    train_y = np.repeat([7, 9], 20)
+    for top, accuracy in ((1, 0.1), (5, 0.5)):
+        got = knn_accuracy(train_x, train_y, test_x, labels, k=40, num_classes=10, top=top)
+        expected = _reference_knn(train_x, train_y, test_x, labels, 40, 0.07, 10, top=top)
+        assert got == expected == accuracy
