@@ -167,7 +167,11 @@ class DINO(ContrastiveTrainer):
         logits = self.head(ops.concatenate(features, axis=0), training=training)
         student_logits = ops.split(logits, len(views), axis=0)
         teacher_features = self.encode_views(self.teacher_backbone, views[:2], training=training)
-        teacher_logits = self.teacher_head(ops.concatenate(teacher_features, axis=0))
+        # In training mode, as DINO's teacher (never switched to eval): a head with batch
+        # norm normalises with the teacher's batch statistics and updates its own moving ones.
+        teacher_logits = self.teacher_head(
+            ops.concatenate(teacher_features, axis=0), training=training
+        )
         teacher_logits = ops.split(ops.stop_gradient(teacher_logits), 2, axis=0)
         loss = dino_loss(
             list(student_logits),
@@ -188,34 +192,32 @@ class DINO(ContrastiveTrainer):
         return loss, {}
 
     def transform_gradients(self, gradients):
-        # Per-variable learning rates: the values before the optimizer's update, which
-        # `after_optimizer_step` scales by the multipliers.
-        self._pre_update.values = [
-            ops.stop_gradient(ops.copy(v.value)) for v, _ in self._scaled_variables()
-        ]
-        self._pre_update.iterations = ops.copy(self.optimizer.iterations)
-        if not self.freeze_last_layer_epochs:
-            return gradients  # no pass over the last layer's gradient (16.8 M at K=65,536)
-        frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
-            self.freeze_last_layer_epochs
-        )
-        last_layer = {id(v) for v in self.last_layer_variables()}
-        return [
-            ops.where(frozen, 0.0, g) if g is not None and id(v) in last_layer else g
-            for g, v in zip(gradients, self.trainable_variables, strict=True)
-        ]
+        # Taken before the optimizer's update, for `after_optimizer_step`: this step's
+        # learning rate (the optimizer's schedule moves on with its step), whether the last
+        # layer is frozen, and the values of the variables that step rescales or restores.
+        step = self._pre_update
+        step.learning_rate = ops.copy(ops.cast(self.optimizer.learning_rate, "float32"))
+        step.iterations = ops.copy(self.optimizer.iterations)
+        step.frozen = None
+        held = [v for v, _ in self._scaled_variables()]
+        if self.freeze_last_layer_epochs:
+            step.frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
+                self.freeze_last_layer_epochs
+            )
+            held += [v for v in self.last_layer_variables() if v.trainable]
+        step.values = {id(v): ops.stop_gradient(ops.copy(v.value)) for v in held}
+        return gradients
 
     def after_optimizer_step(self):
+        step = self._pre_update
+        before = getattr(step, "values", None) or {}
         multipliers = {}
-        for (variable, multiplier), before in zip(
-            self._scaled_variables(), getattr(self._pre_update, "values", None) or [], strict=True
-        ):
+        for variable, multiplier in self._scaled_variables():
             # An optimizer's update is linear in its learning rate (SGD, momentum, Adam's
             # moments do not depend on it), so scaling the step scales the rate.
-            variable.assign(before + ops.cast(multiplier, before.dtype) * (variable - before))
+            value = before[id(variable)]
+            variable.assign(value + ops.cast(multiplier, value.dtype) * (variable - value))
             multipliers[id(variable)] = multiplier
-        iterations_before = getattr(self._pre_update, "iterations", None)
-        self._pre_update.values = self._pre_update.iterations = None
         if self.weight_decay or self.final_weight_decay:
             if getattr(self.optimizer, "weight_decay", None):
                 warnings.warn(
@@ -224,9 +226,13 @@ class DINO(ContrastiveTrainer):
                     "weight_decay=0.0, or build DINO with weight_decay=0, final_weight_decay=0.",
                     stacklevel=2,
                 )
-            rate = ops.cast(self.optimizer.learning_rate, "float32") * self.current_weight_decay()
+            learning_rate = getattr(step, "learning_rate", None)
+            if learning_rate is None:  # called without the step's `transform_gradients`
+                learning_rate = ops.cast(self.optimizer.learning_rate, "float32")
+            rate = learning_rate * self.current_weight_decay()
             # No decay where the optimizer skipped the step (a loss scale's overflow), as in the
             # official code, whose AdamW decays inside the step that the scaler skips.
+            iterations_before = getattr(step, "iterations", None)
             if iterations_before is not None:
                 rate = ops.where(self.optimizer.iterations > iterations_before, rate, 0.0)
             by_multiplier = {}
@@ -237,6 +243,16 @@ class DINO(ContrastiveTrainer):
                         by_multiplier.setdefault(multiplier, []).append(variable)
             for multiplier, variables in by_multiplier.items():
                 scale_variables(variables, 1.0 - rate * multiplier)
+        frozen = getattr(step, "frozen", None)
+        if frozen is not None:
+            # The frozen last layer keeps its values: no update and no decay, as at learning
+            # rate 0 (DINOv2). Its gradient still reaches the optimizer, whose moments are then
+            # warm when it thaws: a zeroed gradient would leave Adam's moments at zero under
+            # bias corrections of the whole run, and its first steps several times too long.
+            for variable in self.last_layer_variables():
+                if id(variable) in before:
+                    variable.assign(ops.where(frozen, before[id(variable)], variable.value))
+        step.values = step.iterations = step.learning_rate = step.frozen = None
         momentum = self.teacher_momentum()
         for teacher, student in self.teacher_student_pairs():
             self.update_teacher(teacher, student, momentum)

@@ -143,7 +143,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
     def transform_gradients(self, gradients):
         """Gradients of `trainable_variables`, in order, before the optimizer sees them.
 
-        Default: unchanged. DINO zeroes its last layer's gradients in the first epoch.
+        Default: unchanged. DINO keeps the values its `after_optimizer_step` needs here.
         """
         return gradients
 

@@ -85,6 +85,56 @@ def test_last_layer_frozen_in_the_first_epoch_only():
     assert not np.array_equal(ops.convert_to_numpy(model.head.last_layer_v), v0)
 
 
+def test_the_frozen_last_layers_gradient_reaches_the_optimizer():
+    # As at learning rate 0 (DINOv2): Adam's moments of the last layer are warm when it
+    # thaws. A zeroed gradient left them at zero under bias corrections of the whole run,
+    # which made its first steps after thawing several times the learning rate.
+    model = _model(weight_decay=0.5, final_weight_decay=0.5, freeze_last_layer_epochs=1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    v0 = ops.convert_to_numpy(model.head.last_layer_v)
+    model.fit(_views(32), batch_size=16, epochs=1, verbose=0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(model.head.last_layer_v), v0)
+    index = model.optimizer._get_variable_index(model.head.last_layer_v)
+    for moments in (model.optimizer._momentums, model.optimizer._velocities):
+        assert np.any(ops.convert_to_numpy(moments[index]) != 0)
+
+
+def test_weight_decay_uses_the_learning_rate_of_its_step():
+    # lr(0) = 0: the first step neither moves nor decays the weights (the official code
+    # decays with lr[it] of the same iteration); lr(1) = 0.2 was read after the step.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.2])
+    model = _model(weight_decay=0.5, final_weight_decay=0.5, freeze_last_layer_epochs=0)
+    model.compile(optimizer=keras.optimizers.SGD(schedule))
+    before = {w.path: ops.convert_to_numpy(w) for w in model.backbone.trainable_weights}
+    model.fit(_views(), batch_size=16, epochs=1, verbose=0)
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 1
+    for w in model.backbone.trainable_weights:
+        np.testing.assert_array_equal(ops.convert_to_numpy(w), before[w.path], err_msg=w.path)
+
+
+def test_teacher_head_runs_in_training_mode():
+    # DINO never puts its teacher in eval mode: a head with batch norm normalises with the
+    # batch's statistics and updates the teacher's own moving ones.
+    model = _model(use_bn_in_head=True, center_momentum=1.0)
+    model.compile(optimizer=_sgd())
+    model.optimizer.build(model.trainable_variables)
+    views = tuple(ops.convert_to_tensor(v) for v in _views(8))
+    features = ops.concatenate(model.encode_views(model.teacher_backbone, views[:2]), axis=0)
+    moving = [w for w in model.teacher_head.non_trainable_weights if "moving_mean" in w.path]
+    assert moving and not np.any(ops.convert_to_numpy(moving[0]))
+    expected = model.teacher_head(features, training=True)  # updates the moving mean
+    updated = ops.convert_to_numpy(moving[0])
+    moving[0].assign(np.zeros_like(updated))
+    student = ops.concatenate(model.encode_views(model.backbone, views), axis=0)
+    student = ops.split(model.head(student, training=True), len(views), axis=0)
+    teacher = ops.split(expected, 2, axis=0)
+    reference = keras_ssl.ops.dino_loss(list(student), list(teacher), model.center, 0.1, 0.04)
+    loss, _ = model.compute_ssl_loss(views, training=True)
+    np.testing.assert_allclose(float(loss), float(reference), rtol=1e-5)
+    assert np.any(updated != 0)
+    np.testing.assert_allclose(ops.convert_to_numpy(moving[0]), updated, rtol=1e-6, atol=1e-7)
+
+
 def test_weight_decay_schedule_shrinks_weights_not_biases():
     model = _model(weight_decay=0.5, final_weight_decay=0.1)
     model.compile(optimizer=keras.optimizers.SGD(0.2))

@@ -307,6 +307,7 @@ def test_weight_decay_scales_with_each_weights_learning_rate_multiplier():
         patch_embed_lr_multiplier=0.2,
         weight_decay=0.3,
         final_weight_decay=0.3,
+        freeze_last_layer_epochs=0,  # a frozen last layer keeps its values, decay included
     )
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     model.optimizer.build(model.trainable_variables)
