@@ -41,21 +41,42 @@ def _is_tf_tensor(x):
     return type(x).__module__.startswith("tensorflow")
 
 
+def _integer_image_scale(dtype):
+    """The divisor that maps integer images of ``dtype`` to [0, 1]: 65535 for ``uint16``,
+    255 for every other integer dtype (8-bit values); None for a non-integer dtype."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    if "int" not in dtype:
+        return None
+    return 65535.0 if dtype == "uint16" else 255.0
+
+
 def to_unit_float(x):
-    """Integer images (e.g. ``uint8`` in [0, 255]) -> float32 in [0, 1]; floats unchanged."""
+    """Integer images -> float32 in [0, 1]; anything else (floats included) unchanged.
+
+    ``uint16`` images (e.g. 16-bit PNGs) are divided by 65535, as torchvision's
+    ``convert_image_dtype`` scales them; every other integer dtype (``uint8``, ``int32``, ...)
+    is taken as 8-bit values in [0, 255] and divided by 255, as torchvision's ``ToTensor``.
+    The one conversion of integer images in keras_ssl: it works on NumPy arrays, on TF
+    tensors (also inside ``tf.data`` / ``tf.function`` whatever the Keras backend) and on
+    backend tensors, traced or not.
+
+    Note that Keras turns a NumPy ``uint16`` array into an ``int32`` tensor on the torch
+    backend, which would then be read as 8-bit values: convert NumPy images with this
+    function before they become tensors (the augmentation layers and ``Preprocessing`` do).
+    """
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         return x
-    dtype = keras.backend.standardize_dtype(dtype)
-    if "int" not in dtype:
+    scale = _integer_image_scale(dtype)
+    if scale is None:
         return x
     if isinstance(x, np.ndarray):
-        return x.astype("float32") / np.float32(255.0)
+        return x.astype("float32") / np.float32(scale)
     if _is_tf_tensor(x) or (in_tf_graph() and not isinstance(x, keras.KerasTensor)):
         import tensorflow as tf
 
-        return tf.cast(x, tf.float32) / 255.0
-    return keras.ops.divide(keras.ops.cast(x, "float32"), 255.0)
+        return tf.cast(x, tf.float32) / scale
+    return keras.ops.divide(keras.ops.cast(x, "float32"), scale)
 
 
 def check_probability(name, value):
@@ -92,8 +113,12 @@ class _StaticLayer:
 
     keras_ssl augmentations with the same class and configuration (names and seeds aside: a
     seed only sets the initial random state, which is passed in) compute the same pure
-    function of (random state, images), so they share one compiled function. Any other
-    layer, or a pipeline holding one, has a compiled function of its own.
+    function of (random state, images), so they share one compiled function. The key holds
+    the class and configuration of every layer in the tree, not only the outer one's: a
+    recipe's config holds only the recipe's arguments, so a sub-layer changed after
+    construction (``probability`` set on one of its layers) must make a key of its own, or
+    the call would run a function traced from the unchanged pipeline. Any other layer, or a
+    pipeline holding one, has a compiled function of its own.
     """
 
     def __init__(self, layer):
@@ -101,8 +126,15 @@ class _StaticLayer:
         self.key = (type(layer), id(layer))
         if _fully_described_by_config(layer):
             try:
-                config = _strip_layer_names(layer.get_config())
-                self.key = (type(layer), json.dumps(config, sort_keys=True, default=str))
+                self.key = tuple(
+                    (
+                        type(inner),
+                        json.dumps(
+                            _strip_layer_names(inner.get_config()), sort_keys=True, default=str
+                        ),
+                    )
+                    for inner in layer._flatten_layers(include_self=True, recursive=True)
+                )
             except Exception:  # an unserialisable layer keeps its own compiled function
                 pass
 
@@ -132,9 +164,10 @@ class AugmentationLayer(DataLayer):
 
     Subclasses implement ``augment(images)`` on a 4-D float batch ``(N, H, W, C)`` using
     ``self.backend.*`` ops only, and draw randomness with ``self.uniform(shape)``.
-    Integer inputs are converted to float32 in [0, 1] (divided by 255); 3-D (unbatched)
-    inputs are accepted. Augmentations are always applied (there is no ``training`` flag):
-    self-supervised pipelines call them explicitly.
+    Integer inputs are converted to float32 in [0, 1] by :func:`to_unit_float` (``uint16``
+    divided by 65535, other integer dtypes by 255); 3-D (unbatched) inputs are accepted.
+    Augmentations are always applied (there is no ``training`` flag): self-supervised
+    pipelines call them explicitly.
     """
 
     # Whether an eager call on the JAX backend runs through a cached ``jax.jit``.

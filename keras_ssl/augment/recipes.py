@@ -18,6 +18,9 @@ from keras_ssl.augment.geometric import RandomHorizontalFlip, RandomResizedCrop
 
 # DINOv2's crop areas (``ssl_default_config.yaml``), where DINO's are 0.4-1 / 0.05-0.4.
 DINOV2_CROP_SCALES = dict(global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32))
+# DINOv2's blur kernel, the same for every crop (``dinov2/data/transforms.py``, class
+# ``GaussianBlur``: ``transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))``).
+DINOV2_BLUR_KERNEL_SIZE = 9
 
 
 def _size_pair(image_size):
@@ -43,6 +46,21 @@ def blur_kernel_size(image_size, fraction=0.1):
     return max(kernel, 3)
 
 
+# `view_pipeline` and `DINOMultiCrop` take an argument of the same name.
+_side_fraction_kernel_size = blur_kernel_size
+
+
+def _odd_kernel_size_or_none(value, name="blur_kernel_size"):
+    if value is None:
+        return None
+    if isinstance(value, bool) or int(value) != value or value < 1 or value % 2 == 0:
+        raise ValueError(
+            f"`{name}` must be a positive odd integer (the blur's number of taps), or None "
+            f"for 10% of the crop side. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
 def view_pipeline(
     image_size,
     crop_scale=(0.08, 1.0),
@@ -56,6 +74,7 @@ def view_pipeline(
     solarize_probability=0.0,
     solarize_threshold=0.5,
     seed=None,
+    blur_kernel_size=None,
 ):
     """One view of a contrastive / self-distillation recipe, the builder shared by all recipes.
 
@@ -63,7 +82,8 @@ def view_pipeline(
     ``image_size`` (area ``crop_scale``, aspect ratio ``crop_ratio``) -> horizontal flip
     (p = 0.5) -> ``ColorJitter(*jitter)`` with probability ``jitter_probability`` -> grayscale
     with probability ``grayscale_probability`` -> Gaussian blur (sigma ~ U(``blur_sigma``),
-    kernel 10% of the output side) with probability ``blur_probability`` -> solarize
+    kernel ``blur_kernel_size``, by default 10% of the output side as in SimCLR, Appendix A)
+    with probability ``blur_probability`` -> solarize
     (``x >= solarize_threshold`` -> ``1 - x``) with probability ``solarize_probability``.
     A step whose probability is 0 (or a jitter with all strengths 0) is left out.
 
@@ -80,11 +100,16 @@ def view_pipeline(
         solarize_probability: Probability of the solarization.
         solarize_threshold: Solarization threshold on [0, 1] images.
         seed: Optional integer seed; each layer gets a fixed derived sub-seed.
+        blur_kernel_size: Odd number of taps of the blur kernel, or None (default) for
+            ``blur_kernel_size(image_size)``, 10% of the smaller output side (at least 3).
 
     Returns:
         An :class:`AugmentationPipeline`.
     """
     height, width = _size_pair(image_size)
+    blur_kernel_size = _odd_kernel_size_or_none(blur_kernel_size)
+    if blur_kernel_size is None:
+        blur_kernel_size = _side_fraction_kernel_size((height, width))
     brightness, contrast, saturation, hue = _floats(jitter, 4, "jitter")
     layers = [
         RandomResizedCrop(
@@ -109,7 +134,7 @@ def view_pipeline(
     if blur_probability > 0:
         layers.append(
             GaussianBlur(
-                blur_kernel_size((height, width)),
+                blur_kernel_size,
                 sigma=blur_sigma,
                 probability=blur_probability,
                 seed=derive_seed(seed, 4),
@@ -452,10 +477,12 @@ class DINOMultiCrop(_MultiViewRecipe):
     - ``num_local_crops`` local crops: random resized crop (area ``local_crop_scale``,
       0.05-0.4) to ``local_size`` -> flip -> jitter -> grayscale -> blur p = 0.5.
 
-    Blur sigma ~ U(0.1, 2.0) with a kernel of 10% of the crop side. The teacher sees
+    Blur sigma ~ U(0.1, 2.0) with a kernel of ``blur_kernel_size`` taps, by default 10% of
+    each crop's side (23 taps at 224 px, 9 at 96 px). The teacher sees
     ``views[:num_global_views]``, the student all views.
 
-    For 28-96 px data use :meth:`DINOMultiCrop.small_images`.
+    For DINOv2's multi-crop use :meth:`DINOMultiCrop.dinov2`; for 28-96 px data use
+    :meth:`DINOMultiCrop.small_images`.
 
     Args:
         global_size: Global crop size, int or ``(height, width)``.
@@ -470,6 +497,8 @@ class DINOMultiCrop(_MultiViewRecipe):
         local_blur_probability: Blur probability of the local crops.
         global_solarize_probabilities: Solarize probability of global views 1 and 2.
         horizontal_flip: Whether to randomly flip horizontally.
+        blur_kernel_size: Odd number of taps of every crop's blur kernel (DINOv2: 9), or
+            None (default) for 10% of each crop's side.
         seed: Optional integer seed; view ``k`` uses ``derive_seed(seed, k)``.
         **kwargs: Base layer arguments.
 
@@ -503,6 +532,7 @@ class DINOMultiCrop(_MultiViewRecipe):
         local_blur_probability=0.5,
         global_solarize_probabilities=(0.0, 0.2),
         horizontal_flip=True,
+        blur_kernel_size=None,
         seed=None,
         **kwargs,
     ):
@@ -526,6 +556,7 @@ class DINOMultiCrop(_MultiViewRecipe):
                 global_solarize_probabilities, 2, "global_solarize_probabilities"
             ),
             horizontal_flip=bool(horizontal_flip),
+            blur_kernel_size=_odd_kernel_size_or_none(blur_kernel_size),
         )
         super().__init__(recipe, seed=seed, **kwargs)
 
@@ -536,6 +567,7 @@ class DINOMultiCrop(_MultiViewRecipe):
             jitter=r["jitter"],
             jitter_probability=r["jitter_probability"],
             grayscale_probability=r["grayscale_probability"],
+            blur_kernel_size=r["blur_kernel_size"],
         )
         pipelines = [
             view_pipeline(
@@ -563,15 +595,37 @@ class DINOMultiCrop(_MultiViewRecipe):
 
     @classmethod
     def dinov2(cls, global_size=224, local_size=96, **overrides):
-        """DINOv2's multi-crop (Oquab et al. 2023, ``ssl_default_config.yaml``): DINO's
-        pipeline with the crop areas ``global_crop_scale=(0.32, 1.0)`` and
-        ``local_crop_scale=(0.05, 0.32)``. Any argument can be overridden.
+        """DINOv2's multi-crop (Oquab et al. 2023, "DINOv2: Learning Robust Visual Features
+        without Supervision"; official ``ssl_default_config.yaml`` and
+        ``dinov2/data/augmentations.py``): DINO's pipeline with the crop areas
+        ``global_crop_scale=(0.32, 1.0)`` and ``local_crop_scale=(0.05, 0.32)``, and a
+        9-tap blur kernel for every crop, global and local (``blur_kernel_size=9``: the
+        official ``GaussianBlur`` of ``dinov2/data/transforms.py`` is
+        ``transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))``, not 10% of the side).
+        Any argument can be overridden.
+
+        Blur probabilities: this recipe keeps the intended ones, those of BYOL and DINO
+        (global crops 1.0 and 0.1, local crops 0.5). The official ``GaussianBlur`` passes
+        ``1 - p`` to torchvision's ``RandomApply``, which takes the probability of applying
+        the blur, so the released code (and the checkpoints trained with it) blurs the
+        first global crop never and the second with probability 0.9 (the local crops'
+        0.5 is unaffected); the upstream bug is reported in facebookresearch/dinov2 pull
+        request #411. To reproduce the released code's behaviour, pass
+        ``global_blur_probabilities=(0.0, 0.9)``.
 
         >>> from keras_ssl.augment import DINOMultiCrop
-        >>> DINOMultiCrop.dinov2(seed=0).recipe["local_crop_scale"]
-        [0.05, 0.32]
+        >>> augment = DINOMultiCrop.dinov2(seed=0)
+        >>> augment.recipe["local_crop_scale"], augment.recipe["blur_kernel_size"]
+        ([0.05, 0.32], 9)
+        >>> released = DINOMultiCrop.dinov2(global_blur_probabilities=(0.0, 0.9), seed=0)
+        >>> released.recipe["global_blur_probabilities"]
+        [0.0, 0.9]
         """
-        config = {**DINOV2_CROP_SCALES, **overrides}
+        config = {
+            **DINOV2_CROP_SCALES,
+            "blur_kernel_size": DINOV2_BLUR_KERNEL_SIZE,
+            **overrides,
+        }
         return cls(global_size, local_size, **config)
 
     @classmethod

@@ -212,8 +212,9 @@ def linear_probe(
 def extract_features(model, images, batch_size=256):
     """Run ``model`` (e.g. a frozen backbone) on NumPy images in batches.
 
-    Integer images (``uint8``, ``int32``, ...) are converted to float32 in ``[0, 1]``
-    (``/ 255``), as the trainer converts them; float inputs to float32 unchanged.
+    Integer images are converted to float32 in ``[0, 1]`` as the trainer converts them
+    (``uint16`` ``/ 65535``, other integer dtypes ``/ 255``); float inputs to float32
+    unchanged.
     Grey-scale ``(N, H, W)`` images get a channel axis ``(N, H, W, 1)``. Batches are
     converted one at a time, so a large uint8 set is never held in float32 all at once.
 
@@ -253,7 +254,7 @@ def extract_features(model, images, batch_size=256):
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        # Integer images in [0, 255], as the trainer takes them (`to_unit_float`).
+        # Integer images to [0, 1], as the trainer takes them (`to_unit_float`).
         batch = to_unit_float(batch).astype("float32", copy=False)
         out = model.predict_on_batch(batch)
         outputs.append(np.asarray(keras.ops.convert_to_numpy(out), dtype="float32"))

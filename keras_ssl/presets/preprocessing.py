@@ -1,7 +1,10 @@
 """The evaluation preprocessing of a preset as a serialisable Keras layer."""
 
 import keras
+import numpy as np
 from keras import ops
+
+from keras_ssl.augment._base import to_unit_float
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -16,7 +19,10 @@ class Preprocessing(keras.layers.Layer):
     ``Resize(resize_size) -> CenterCrop(crop_size) -> ToTensor -> Normalize(mean, std)``,
     for a batch ``(N, H, W, C)`` (or one image ``(H, W, C)``) of channels_last images:
 
-    1. ``uint8`` images are divided by 255 (float images are taken as ``[0, 1]``);
+    1. integer images are scaled to ``[0, 1]`` as the augmentation layers scale them:
+       ``uint16`` (16-bit PNG) divided by 65535, as torchvision's ``convert_image_dtype``,
+       every other integer dtype (``uint8``) divided by 255, as ``ToTensor`` (float images
+       are taken as ``[0, 1]``);
     2. an int ``resize_size`` resizes the shorter side to it keeping the aspect ratio
        (``long = int(resize_size * long / short)``, torchvision's rule); a pair
        ``(height, width)`` resizes to exactly that size (torchvision's ``Resize((h, w))``,
@@ -93,13 +99,21 @@ class Preprocessing(keras.layers.Layer):
             return self.resize_size, new_long
         return new_long, self.resize_size
 
+    def __call__(self, *args, **kwargs):
+        # NumPy images are scaled here, before Keras makes them tensors: the torch backend
+        # turns a uint16 array into an int32 tensor, which would be read as 8-bit values.
+        if args and isinstance(args[0], np.ndarray):
+            args = (to_unit_float(args[0]), *args[1:])
+        if isinstance(kwargs.get("images"), np.ndarray):
+            kwargs["images"] = to_unit_float(kwargs["images"])
+        return super().__call__(*args, **kwargs)
+
     def call(self, images):
         single = len(images.shape) == 3
         if single:
             images = ops.expand_dims(images, 0)
         self._check_channels(images.shape)
-        if "int" in str(images.dtype):
-            images = ops.cast(images, "float32") / 255.0
+        images = to_unit_float(images)
         images = ops.cast(images, self.compute_dtype)
         height, width = images.shape[1], images.shape[2]
         if height is None or width is None:

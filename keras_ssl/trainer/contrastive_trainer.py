@@ -4,8 +4,10 @@ import contextlib
 import os
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_ssl.augment._base import to_unit_float
 from keras_ssl.ops.ema import ema_update
 from keras_ssl.trainer._input_checks import (
     check_crop_sizes,
@@ -216,6 +218,9 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         x = args[0] if args else kwargs.get("x")
+        if _holds_uint16_arrays(x):  # Keras's torch backend would make them int32 tensors
+            x = keras.tree.map_structure(to_unit_float, x)
+            args, kwargs = ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "x": x})
         batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
         check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
         recorder = _RecordTotalSteps(x)
@@ -360,9 +365,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
                 f"got shape {shape}. Build the backbone with input_channels={shape[-1]} or "
                 "convert the images."
             )
-        if "int" in str(images.dtype):
-            images = ops.cast(images, "float32") / 255.0
-        return images
+        return to_unit_float(images)
 
     def _forward_and_loss(self, data, training):
         views = self.views_from_data(data)
@@ -453,6 +456,12 @@ def _check_backbone_output(backbone):
             "include_top=False, pooling='avg')) or end it with "
             "keras.layers.GlobalAveragePooling2D()."
         )
+
+
+def _holds_uint16_arrays(x):
+    """Whether `x` is a NumPy `uint16` array, or a tuple or list of views holding one."""
+    arrays = x if isinstance(x, (tuple, list)) else [x]
+    return any(isinstance(a, np.ndarray) and a.dtype == np.uint16 for a in arrays)
 
 
 def _as_int(variable):

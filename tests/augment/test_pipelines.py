@@ -73,6 +73,46 @@ def test_multiview_multicrop_shapes_and_uint8():
     assert augment.compute_output_shape((4, 16, 16, 3)) == ((4, 12, 12, 3), (4, 6, 6, 3))
 
 
+def _integer_images(dtype):
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, top, size=(2, 6, 6, 3), endpoint=True).astype(dtype)
+    images[0, 0, 0] = top
+    return images, images.astype("float64") / top
+
+
+def _backend_tensor(images):
+    if BACKEND == "torch":  # Keras's own conversion turns uint16 into int32 on torch
+        import torch
+
+        return torch.from_numpy(images)
+    return keras.ops.convert_to_tensor(images)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_integer_images_are_scaled_by_the_range_of_their_dtype(dtype):
+    # torchvision: ToTensor reads 8-bit images / 255; convert_image_dtype reads uint16
+    # (16-bit PNG) images / 65535.
+    import tensorflow as tf
+
+    images, expected = _integer_images(dtype)
+    layers = [
+        RandomHorizontalFlip(0.0, seed=0),
+        MultiViewAugment(
+            [[RandomHorizontalFlip(0.0, seed=1)], [Solarize(probability=0.0, seed=2)]]
+        ),
+    ]
+    for layer in layers:
+        for inputs in (images, _backend_tensor(images)):
+            outputs = layer(inputs)
+            for view in outputs if isinstance(outputs, tuple) else [outputs]:
+                assert keras.backend.standardize_dtype(view.dtype) == "float32"
+                np.testing.assert_allclose(_np(view), expected, rtol=1e-6, err_msg=dtype)
+        batch = next(iter(tf.data.Dataset.from_tensor_slices(images).batch(2).map(layer)))
+        for view in batch if isinstance(batch, tuple) else [batch]:
+            np.testing.assert_allclose(view.numpy(), expected, rtol=1e-6, err_msg=dtype)
+
+
 def test_simclr_views_are_independent_per_image():
     x = np.repeat(_uint8_images(n=1), 4, axis=0)
     view_1, view_2 = SimCLRAugment(16, seed=0)(x)
@@ -222,6 +262,52 @@ def test_eager_calls_of_user_layers_do_not_share_compiled_functions():
         layer = _Gain()
         layer.gain = gain
         np.testing.assert_allclose(_np(RandomApply(layer, probability=1.0)(images)), 0.25 * gain)
+
+
+def _grey(view):
+    view = _np(view)
+    return np.all(np.abs(view - view[..., :1]) < 1e-6, axis=(1, 2, 3))
+
+
+def test_eager_calls_follow_sub_layers_changed_after_construction():
+    # On JAX eager calls run through cached jax.jit functions keyed by configuration. A
+    # recipe's config holds only its arguments: the key must cover its sub-layers, or a
+    # changed sub-layer would run the function traced before the change.
+    images = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype("float32")
+    augment, twin = SimCLRAugment(16, seed=0), SimCLRAugment(16, seed=0)
+    assert not all(_grey(view).all() for view in augment(images))
+    greyscales = [
+        layer
+        for pipeline in augment.pipelines
+        for layer in pipeline.layers
+        if isinstance(layer, RandomGrayscale)
+    ]
+    assert len(greyscales) == 2
+    for layer in greyscales:
+        layer.probability = 1.0
+    assert all(_grey(view).all() for view in augment(images))
+    # The unchanged twin (same arguments) keeps its own behaviour.
+    assert not all(_grey(view).all() for view in twin(images))
+    for layer in greyscales:
+        layer.probability = 0.0
+    assert not any(_grey(view).any() for view in augment(images))
+
+
+def test_equal_pipelines_share_one_compiled_function():
+    from keras_ssl.augment._base import _jitted_stateless_call, _StaticLayer
+
+    # Seeds and names aside, equal recipes make equal keys; a changed sub-layer does not.
+    first, second = SimCLRAugment(16, seed=0), SimCLRAugment(16, seed=5, name="other")
+    assert _StaticLayer(first) == _StaticLayer(second)
+    assert hash(_StaticLayer(first)) == hash(_StaticLayer(second))
+    second.pipelines[1].layers[-1].probability = 0.25  # the blur of view 2
+    assert _StaticLayer(first) != _StaticLayer(second)
+    if BACKEND == "jax":
+        images = _uint8_images(n=4, size=16)
+        first(images)
+        compiled = _jitted_stateless_call()._cache_size()
+        SimCLRAugment(16, seed=7)(images)
+        assert _jitted_stateless_call()._cache_size() == compiled
 
 
 def test_views_stay_float32_under_mixed_precision():

@@ -165,6 +165,63 @@ def test_byol_and_dino_pipelines():
     assert (local.height, local.scale) == (98, (0.05, 0.32)) and dinov2.num_views == 10
 
 
+def _gaussian_blur_2d(image, sigma, taps):
+    """Direct 2-D correlation with the outer product of a normalised 1-D Gaussian of ``taps``
+    taps, on the image reflect-padded as torchvision's ``GaussianBlur`` pads it."""
+    radius = taps // 2
+    weights = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2.0 * sigma**2))
+    kernel = np.outer(weights, weights) / weights.sum() ** 2
+    padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    height, width = image.shape[:2]
+    out = np.zeros(image.shape, "float64")
+    for i in range(taps):
+        for j in range(taps):
+            out += kernel[i, j] * padded[i : i + height, j : j + width]
+    return out
+
+
+def test_dinov2_blurs_every_crop_with_a_9_tap_kernel():
+    # facebookresearch/dinov2, dinov2/data/transforms.py, class GaussianBlur:
+    # transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0)) for global and local crops.
+    dinov2 = DINOMultiCrop.dinov2(num_local_crops=2)
+    blurs = [_layer(pipeline, GaussianBlur) for pipeline in dinov2.pipelines]
+    assert [blur.kernel_size for blur in blurs] == [9, 9, 9, 9]
+    assert [blur.probability for blur in blurs] == [1.0, 0.1, 0.5, 0.5]  # the intended ones
+    assert all(blur.sigma == (0.1, 2.0) for blur in blurs)
+    assert dinov2.get_config()["blur_kernel_size"] == 9
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(dinov2))
+    assert [_layer(p, GaussianBlur).kernel_size for p in restored.pipelines] == [9, 9, 9, 9]
+    # The released code's probabilities (the upstream 1 - p bug), and an explicit kernel.
+    released = DINOMultiCrop.dinov2(num_local_crops=1, global_blur_probabilities=(0.0, 0.9))
+    assert [_layer(p, GaussianBlur) for p in released.pipelines][0] is None
+    assert _layer(released.pipelines[1], GaussianBlur).probability == 0.9
+    wide = DINOMultiCrop.dinov2(num_local_crops=1, blur_kernel_size=5)
+    assert [_layer(p, GaussianBlur).kernel_size for p in wide.pipelines[1:]] == [5, 5]
+    # DINO keeps 10% of each crop's side (DINOMultiCrop's default).
+    dino = DINOMultiCrop(num_local_crops=1)
+    assert [_layer(p, GaussianBlur).kernel_size for p in dino.pipelines] == [23, 23, 9]
+    assert dino.get_config()["blur_kernel_size"] is None
+
+    # Numerically: the recipe's global blur, its sigma forced, is a 9-tap Gaussian.
+    images = np.random.default_rng(0).uniform(size=(2, 12, 12, 3)).astype("float32")
+    for sigma in (0.7, 2.0):
+        config = {**blurs[0].get_config(), "sigma": [sigma, sigma]}
+        blurred = _np(GaussianBlur.from_config(config)(images))
+        for n in range(2):
+            expected = _gaussian_blur_2d(images[n], sigma, 9)
+            np.testing.assert_allclose(blurred[n], expected, atol=2e-6)
+
+
+def test_blur_kernel_size_option():
+    assert _layer(view_pipeline(224), GaussianBlur).kernel_size == 23  # 10% of the side
+    assert _layer(view_pipeline(224, blur_kernel_size=9), GaussianBlur).kernel_size == 9
+    for bad in (4, 0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="`blur_kernel_size` must be a positive odd"):
+            view_pipeline(224, blur_kernel_size=bad)
+        with pytest.raises(ValueError, match="`blur_kernel_size` must be a positive odd"):
+            DINOMultiCrop(num_local_crops=0, global_blur_probabilities=(0, 0), blur_kernel_size=bad)
+
+
 def test_small_images():
     byol = BYOLAugment.small_images(32)
     assert all(_layer(p, GaussianBlur) is None for p in byol.pipelines)
@@ -234,6 +291,7 @@ def test_blur_asymmetry():
         lambda: BYOLAugment.small_images(28, jitter=(0.2, 0.2, 0.1, 0.05)),
         lambda: DINOMultiCrop(16, 8, num_local_crops=2, seed=5),
         lambda: DINOMultiCrop.small_images(28, num_local_crops=1),
+        lambda: DINOMultiCrop.dinov2(16, 8, num_local_crops=1, seed=6),
     ],
 )
 def test_config_round_trip(make):

@@ -87,10 +87,12 @@ def test_extract_features_uint8_and_channel_axis():
     features = extract_features(model, images, batch_size=2)
     assert features.dtype == np.float32 and features.shape == (5, 36)
     np.testing.assert_allclose(features, images.reshape(5, 36) / 255.0, rtol=1e-6)
-    # Any integer dtype is read as [0, 255], as the trainer reads it.
-    for dtype in ("int32", "int64", "uint16"):
+    # Other integer dtypes are read as [0, 255] as the trainer reads them; uint16 as [0, 65535].
+    for dtype in ("int32", "int64"):
         np.testing.assert_allclose(
             extract_features(model, images.astype(dtype)), features, rtol=1e-6, err_msg=dtype
         )
+    wide = images.astype("uint16") * 257  # 255 -> 65535
+    np.testing.assert_allclose(extract_features(model, wide), features, rtol=1e-6)
     floats = np.ones((3, 6, 6, 1), dtype="float64") * 2
     np.testing.assert_allclose(extract_features(model, floats), 2.0)

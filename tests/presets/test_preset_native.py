@@ -200,6 +200,31 @@ def test_preprocessing_matches_numpy():
     np.testing.assert_array_equal(_np(restored(images)), _np(layer(images)))
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_preprocessing_scales_integer_images_by_the_range_of_their_dtype(dtype):
+    # torchvision: ToTensor reads 8-bit images / 255; convert_image_dtype reads uint16
+    # (16-bit PNG) images / 65535. As the augmentation layers scale them.
+    top = np.iinfo(dtype).max
+    images = np.random.default_rng(0).integers(0, top, size=(2, 6, 6, 3), endpoint=True)
+    images = images.astype(dtype)
+    images[0, 0, 0] = top
+    layer = Preprocessing(resize_size=None, crop_size=4, mean=(0.5, 0.5, 0.5), std=(2, 2, 2))
+    expected = (images[:, 1:5, 1:5].astype("float64") / top - 0.5) / 2
+    if keras.backend.backend() == "torch":  # Keras's own conversion makes uint16 int32 there
+        import torch
+
+        tensor = torch.from_numpy(images)
+    else:
+        tensor = ops.convert_to_tensor(images)
+    for inputs in (images, tensor):
+        np.testing.assert_allclose(_np(layer(inputs)), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_np(layer(images[0])), expected[0], rtol=1e-6, atol=1e-6)
+    if keras.backend.backend() == "torch" and dtype == "uint16":
+        return  # predict() hands the layer int32 tensors: uint16 is lost before the layer
+    traced = keras.Sequential([keras.Input((6, 6, 3), dtype=dtype), layer])
+    np.testing.assert_allclose(_np(traced.predict(images, verbose=0)), expected, atol=1e-6)
+
+
 def test_preprocessing_resizes_to_a_fixed_height_and_width():
     # torchvision's Resize((h, w)) and transformers' ViTImageProcessor: no aspect ratio kept.
     squash = Preprocessing(resize_size=(4, 6), crop_size=None, mean=(0, 0, 0), std=(1, 1, 1))

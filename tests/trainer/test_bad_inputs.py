@@ -154,6 +154,27 @@ def test_uint8_images_are_scaled():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(uint8), floats, atol=1e-6)
 
 
+def test_uint16_images_are_scaled_by_their_range():
+    # 16-bit images: [0, 65535] -> [0, 1], on every backend (Keras's torch backend turns a
+    # NumPy uint16 array into an int32 tensor, which fit converts first).
+    from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
+
+    pixels = (_images() * 255).astype("uint8")
+    wide = pixels.astype("uint16") * 257  # 255 -> 65535
+    expected = pixels / np.float32(255)
+    model = _simclr()
+    prepared = ContrastiveTrainer._prepare_images(model, keras.ops.convert_to_tensor(wide))
+    if keras.backend.standardize_dtype(keras.ops.convert_to_tensor(wide).dtype) == "uint16":
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(prepared), expected, atol=1e-6)
+    keras.utils.set_random_seed(3)
+    from_uint16 = _simclr()
+    loss16 = from_uint16.fit(wide, batch_size=BATCH, verbose=0, shuffle=False).history["loss"]
+    keras.utils.set_random_seed(3)
+    from_floats = _simclr()
+    loss = from_floats.fit(expected, batch_size=BATCH, verbose=0, shuffle=False).history["loss"]
+    np.testing.assert_allclose(loss16, loss, rtol=1e-5)
+
+
 def test_nan_and_inf_images():
     model = _simclr()
     images = _images()
