@@ -195,11 +195,16 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         """EMA step `teacher <- m * teacher + (1 - m) * student` over the student's parameters.
 
         Only the parameters are averaged (as MoCo, BYOL and DINO do); the teacher's
-        batch-norm statistics come from its own forward passes.
+        batch-norm statistics come from its own forward passes. Under gradient accumulation
+        the teacher moves only on the batches where the optimizer updates the student.
         """
         pairs = [
             (t, s) for t, s in zip(teacher.weights, student.weights, strict=True) if s.trainable
         ]
+        accumulation = _accumulation_steps(self.optimizer)
+        if accumulation > 1:  # the counter of batches: an update on every k-th one
+            updated = ops.equal(_batch_counter(self.optimizer) % accumulation, 0)
+            momentum = ops.where(updated, momentum, 1.0)
         ema_update([t for t, _ in pairs], [s for _, s in pairs], momentum)
 
     def schedule_step(self):
@@ -211,10 +216,15 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         return ops.maximum(self.total_steps, 1)
 
     def epochs_to_steps(self, epochs):
-        """`epochs` of the current run in optimizer steps (float32), for epoch-based schedules."""
-        return ops.cast(epochs, "float32") * ops.cast(
+        """`epochs` of the current run in optimizer steps (float32), for epoch-based schedules.
+
+        Under gradient accumulation over `k` batches an epoch is `steps_per_epoch / k` steps.
+        """
+        batches = ops.cast(epochs, "float32") * ops.cast(
             ops.maximum(self.steps_per_epoch, 1), "float32"
         )
+        accumulation = _accumulation_steps(self.optimizer)
+        return batches / accumulation if accumulation > 1 else batches
 
     def fit(self, *args, callbacks=None, **kwargs):
         x = args[0] if args else kwargs.get("x")
@@ -458,6 +468,18 @@ def _check_backbone_output(backbone):
         )
 
 
+def _accumulation_steps(optimizer):
+    """`gradient_accumulation_steps` of `optimizer` (or of the one a loss scale wraps), or 1."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
+
+
+def _batch_counter(optimizer):
+    """The optimizer's own step counter: it counts batches, and under gradient accumulation
+    `iterations` (the updates) is derived from it."""
+    return getattr(optimizer, "inner_optimizer", optimizer)._iterations
+
+
 def _holds_uint16_arrays(x):
     """Whether `x` is a NumPy `uint16` array, or a tuple or list of views holding one."""
     arrays = x if isinstance(x, (tuple, list)) else [x]
@@ -486,7 +508,8 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     batches that ran, and tells the data each epoch's number (`set_epoch`).
 
     The run's length is the optimizer steps taken before this `fit` plus the steps it has
-    left: `iterations + steps x (epochs - first epoch)`. It is taken at the first epoch this
+    left: `iterations + steps x (epochs - first epoch)` (under gradient accumulation over `k`
+    batches, the batches run and left divided by `k`). It is taken at the first epoch this
     `fit` runs, after `initial_epoch` or `BackupAndRestore` has placed it, so a resumed run
     keeps the length of the run it resumes, and a second `fit` extends the schedules over
     its own steps instead of finding them at their end. A `fit` that ends or fails before
@@ -513,9 +536,7 @@ class _RecordTotalSteps(keras.callbacks.Callback):
         return self.model.total_steps, self.model.steps_per_epoch
 
     def _step_counter(self):
-        optimizer = self.model.optimizer
-        # The counter itself: under gradient accumulation `iterations` is derived from it.
-        return getattr(optimizer, "inner_optimizer", optimizer)._iterations
+        return _batch_counter(self.model.optimizer)
 
     def undo_if_no_step(self):
         """Puts back the run's length this `fit` replaced, if no batch ran."""
@@ -540,7 +561,9 @@ class _RecordTotalSteps(keras.callbacks.Callback):
         self._replaced = tuple(_as_int(v) for v in self._run_length())
         done = _as_int(model.optimizer.iterations)
         if steps and epochs:
-            model.total_steps.assign(done + int(steps) * (int(epochs) - epoch))
+            # In optimizer steps: one every `k` batches under gradient accumulation.
+            batches = _as_int(self._step_counter()) + int(steps) * (int(epochs) - epoch)
+            model.total_steps.assign(batches // _accumulation_steps(model.optimizer))
             model.steps_per_epoch.assign(int(steps))
         elif model.uses_run_length and _as_int(model.total_steps) <= done:
             raise ValueError(

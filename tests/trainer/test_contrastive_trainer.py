@@ -208,6 +208,36 @@ def test_fit_records_the_run_length_for_schedules():
     assert int(ops.convert_to_numpy(model.steps_per_epoch)) == 3
 
 
+def test_gradient_accumulation_schedules_and_teachers_count_optimizer_steps():
+    # Over k = 2 batches: 4 batches an epoch are 2 optimizer steps, the run's length and
+    # epochs count those, and the teacher moves only with the student (on every 2nd batch).
+    model = keras_ssl.BYOL(_backbone(), augmenter=_augmenter(), projection_dim=8, hidden_dim=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+
+    def teacher():  # the EMA's variables (its batch-norm statistics follow its own passes)
+        pairs = zip(model.teacher_backbone.weights, model.backbone.weights, strict=True)
+        return [ops.convert_to_numpy(t) for t, s in pairs if s.trainable]
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seen = [teacher()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            assert self.model is model  # syncs JAX's state into the variables
+            self.seen.append(teacher())
+
+    watch = Watch()
+    model.fit(_images(32), batch_size=BATCH, epochs=1, callbacks=[watch], verbose=0)
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 2
+    assert int(ops.convert_to_numpy(model.total_steps)) == 2
+    np.testing.assert_allclose(float(model.epochs_to_steps(1.0)), 2.0)
+    moved = [
+        any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+        for before, after in zip(watch.seen, watch.seen[1:])
+    ]
+    assert moved == [False, True, False, True]
+
+
 def _batches(images, batch_size):
     """A Python generator: data whose length fit() cannot know."""
     for start in range(0, len(images), batch_size):
