@@ -16,27 +16,37 @@ from keras_ssl.ops.distributed import all_reduce_mean
 
 class BackendStep:
     def train_step(self, data):
-        with tf.GradientTape() as tape:
-            loss, logs = self._forward_and_loss(data, training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        trainable = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, trainable)
-        if distributed.world_size() == 1:
-            gradients = self.transform_gradients(gradients)
-            self.optimizer.apply(gradients, trainable)
-        else:
-            gradients = self.transform_gradients(distributed.all_reduce_gradients(gradients))
-            with distributed.gradients_already_reduced(self.optimizer):
+        # Every state update waits for the batch: Keras's loop over data of unknown length
+        # ends an epoch with a call whose batch never comes, and in a graph the updates that
+        # do not read it (the optimizer's and the loss tracker's counts, the augmentation's
+        # random state) would run all the same.
+        with tf.control_dependencies(_tensors(data)):
+            with tf.GradientTape() as tape:
+                loss, logs = self._forward_and_loss(data, training=True)
+                scaled_loss = self.optimizer.scale_loss(loss)
+            trainable = self.trainable_variables
+            gradients = tape.gradient(scaled_loss, trainable)
+            if distributed.world_size() == 1:
+                gradients = self.transform_gradients(gradients)
                 self.optimizer.apply(gradients, trainable)
-            loss, logs = _replica_mean(loss, logs)
-        self.after_optimizer_step()
-        return self._update_trackers(loss, logs)
+            else:
+                gradients = self.transform_gradients(distributed.all_reduce_gradients(gradients))
+                with distributed.gradients_already_reduced(self.optimizer):
+                    self.optimizer.apply(gradients, trainable)
+                loss, logs = _replica_mean(loss, logs)
+            self.after_optimizer_step()
+            return self._update_trackers(loss, logs)
 
     def test_step(self, data):
-        loss, logs = self._forward_and_loss(data, training=False)
-        if distributed.world_size() > 1:
-            loss, logs = _replica_mean(loss, logs)
-        return self._update_trackers(loss, logs)
+        with tf.control_dependencies(_tensors(data)):
+            loss, logs = self._forward_and_loss(data, training=False)
+            if distributed.world_size() > 1:
+                loss, logs = _replica_mean(loss, logs)
+            return self._update_trackers(loss, logs)
+
+
+def _tensors(data):
+    return [t for t in tf.nest.flatten(data) if isinstance(t, tf.Tensor)]
 
 
 def _replica_mean(loss, logs):
