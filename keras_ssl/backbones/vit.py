@@ -33,7 +33,12 @@ widened when downsampling, truncated and renormalised at the borders). The
 interpolation is a pair of constant matrices computed with NumPy from the static
 input size, so it is identical on every backend (when TensorFlow retraces a step
 with an unknown image size the same matrices are computed in the graph with
-``keras.ops``). Nothing is interpolated when the input grid equals the pretrain grid.
+``keras.ops``). The stored embeddings are used as they are only for a square image whose
+grid is the pretrain grid: DINO and DINOv2 test the image's pixel height and width, not
+the grid's, so a non-square image with an ``M x M`` grid (224 x 232 pixels at patch 16,
+``M = 14``) is still resampled with the scale factor ``(M + offset) / M``, which moves
+the values when ``interpolation_offset`` is non-zero (the ``size=`` form and the
+anti-aliased kernel leave them unchanged).
 
 Converter notes (timm / official DINO ``state_dict`` keys)
 ----------------------------------------------------------
@@ -297,13 +302,15 @@ class ViTMaskToken(keras.layers.Layer):
 class ViTPositionEmbedding(keras.layers.Layer):
     """Prepends the CLS token to the flattened patch grid and adds position embeddings.
 
-    Holds ``embeddings`` ``(1, 1 + M * M, D)`` (timm's ``pos_embed``). ``call([cls, grid])``
-    with ``cls`` ``(N, 1, D)`` and ``grid`` ``(N, h, w, D)`` returns
-    ``(N, 1 + h * w, D)``; the patch part is interpolated to ``h x w`` (see the module
-    docstring) unless ``h == w == M``. With static ``h`` and ``w`` (JAX, torch and
-    TensorFlow graphs traced for one size) the interpolation matrices are NumPy
-    constants; otherwise (a TensorFlow graph retraced with unknown image size) they are
-    computed in the graph by :func:`bicubic_matrix_dynamic`.
+    Holds ``embeddings`` ``(1, 1 + M * M, D)`` (timm's ``pos_embed``).
+    ``call([cls, grid], images=images)`` with ``cls`` ``(N, 1, D)``, ``grid``
+    ``(N, h, w, D)`` and ``images`` ``(N, H, W, C)``, the images the grid was cut from
+    (only their height and width are read), returns ``(N, 1 + h * w, D)``; the patch part
+    is interpolated to ``h x w`` (see the module docstring) unless ``h == w == M`` and
+    ``H == W``, the test of DINO's ``interpolate_pos_encoding``. With static sizes (JAX,
+    torch and TensorFlow graphs traced for one size) the interpolation matrices are
+    NumPy constants; otherwise (a TensorFlow graph retraced with unknown image size) they
+    are computed in the graph by :func:`bicubic_matrix_dynamic`.
     """
 
     def __init__(
@@ -328,9 +335,18 @@ class ViTPositionEmbedding(keras.layers.Layer):
         )
         self.built = True
 
-    def interpolated(self, h, w):
-        """Position embeddings ``(1, 1 + h * w, D)`` for an ``h x w`` patch grid."""
-        if h == self.grid_size and w == self.grid_size:
+    def _keeps_stored(self, h, w, image_size):
+        """DINO's test: the stored embeddings serve a square image with the pretrain grid."""
+        height, width = image_size
+        return h == self.grid_size and w == self.grid_size and height == width
+
+    def interpolated(self, h, w, image_size):
+        """Position embeddings ``(1, 1 + h * w, D)`` for an ``h x w`` patch grid.
+
+        ``image_size`` is the image's ``(height, width)`` in pixels: the stored embeddings
+        are returned as they are only when ``h == w == M`` and ``height == width``.
+        """
+        if self._keeps_stored(h, w, image_size):
             return self.embeddings
         pos = ops.convert_to_tensor(self.embeddings)
         cls_pos = pos[:, :1]
@@ -341,15 +357,19 @@ class ViTPositionEmbedding(keras.layers.Layer):
         grid = ops.reshape(grid, (1, h * w, self.hidden_dim))
         return ops.concatenate([cls_pos, grid], axis=1)
 
-    def interpolated_dynamic(self, h, w):
-        """:meth:`interpolated` for tensor ``h`` / ``w`` (graphs with unknown image size)."""
+    def interpolated_dynamic(self, h, w, image_size):
+        """:meth:`interpolated` for tensor ``h`` / ``w`` / ``image_size`` (graphs with
+        unknown image size)."""
         m = self.grid_size
+        height, width = image_size
         pos = ops.cast(ops.convert_to_tensor(self.embeddings), "float32")
         args = (self.interpolation_offset, self.interpolation_antialias)
         wh = bicubic_matrix_dynamic(m, h, *args)
         ww = bicubic_matrix_dynamic(m, w, *args)
-        # DINO skips the interpolation when the grid already matches.
-        same = ops.logical_and(ops.equal(h, m), ops.equal(w, m))
+        # DINO skips the interpolation for a square image whose grid already matches.
+        same = ops.logical_and(
+            ops.logical_and(ops.equal(h, m), ops.equal(w, m)), ops.equal(height, width)
+        )
         wh = ops.where(same, _eye(h, m), wh)
         ww = ops.where(same, _eye(w, m), ww)
         grid = ops.reshape(pos[:, 1:], (1, m, m, self.hidden_dim))
@@ -357,22 +377,30 @@ class ViTPositionEmbedding(keras.layers.Layer):
         grid = ops.reshape(grid, (1, -1, self.hidden_dim))
         return ops.cast(ops.concatenate([pos[:, :1], grid], axis=1), self.embeddings.dtype)
 
-    def call(self, inputs):
+    def call(self, inputs, images=None):
+        if images is None:
+            raise ValueError(
+                "ViTPositionEmbedding needs `images=`, the images its patch grid was cut "
+                "from: DINO keeps the stored position embeddings only for a square image "
+                "whose grid is the pretrain grid, so the grid's size alone does not decide. "
+                "Call it as `pos_embed([cls, grid], images=images)`."
+            )
         cls, grid = inputs
         h, w = grid.shape[1], grid.shape[2]
-        if h is None or w is None:
+        image_size = (images.shape[1], images.shape[2])
+        if None in (h, w, *image_size):
             # Unknown size at trace time (TensorFlow graphs retraced with relaxed shapes):
             # the same interpolation, with the matrices computed in the graph.
-            shape = ops.shape(grid)
-            pos = self.interpolated_dynamic(shape[1], shape[2])
+            shape, image_shape = ops.shape(grid), ops.shape(images)
+            pos = self.interpolated_dynamic(shape[1], shape[2], image_shape[1:3])
             patches = ops.reshape(grid, (shape[0], -1, self.hidden_dim))
         else:
-            pos = self.interpolated(h, w)
+            pos = self.interpolated(h, w, image_size)
             patches = ops.reshape(grid, (-1, h * w, self.hidden_dim))
         tokens = ops.concatenate([cls, patches], axis=1)
         return tokens + ops.cast(pos, tokens.dtype)
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, images=None):
         cls, grid = inputs
         h, w = grid.shape[1], grid.shape[2]
         tokens = None if h is None or w is None else 1 + h * w
@@ -665,7 +693,7 @@ def _encode(
         grid = layer("mask_token")(grid, masks=masks)
     elif masks is not None:
         raise ValueError("This ViT was built with `use_mask_token=False`: `masks` is unsupported.")
-    x = layer("pos_embed")([layer("cls_token")(grid), grid])
+    x = layer("pos_embed")([layer("cls_token")(grid), grid], images=images)
     if num_register_tokens:
         x = layer("register_tokens")(x)
     attention = None

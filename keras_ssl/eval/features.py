@@ -49,7 +49,7 @@ def vit_block_tokens(vit, images, blocks):
     layer = vit.get_layer
     layer_scale = vit.layer_scale_init is not None
     grid = layer("patch_embed")(images)
-    x = layer("pos_embed")([layer("cls_token")(grid), grid])
+    x = layer("pos_embed")([layer("cls_token")(grid), grid], images=images)
     if vit.num_register_tokens:
         x = layer("register_tokens")(x)
     outputs = {}

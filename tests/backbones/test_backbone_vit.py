@@ -96,18 +96,38 @@ def test_position_embedding_interpolation_in_model():
     torch = pytest.importorskip("torch")
     layer = ViTPositionEmbedding(8, 32)  # the model's ``pos_embed`` layer
     layer.build()
+    layer.embeddings.assign(np.random.default_rng(0).normal(size=(1, 65, 32)))
     pos = _np(layer.embeddings)
-    # Same grid: the stored embeddings, untouched.
-    np.testing.assert_array_equal(_np(layer.interpolated(8, 8)), pos)
+    # A square image with the pretrain grid: the stored embeddings, untouched.
+    np.testing.assert_array_equal(_np(layer.interpolated(8, 8, (32, 32))), pos)
     patch = torch.from_numpy(pos[:, 1:].reshape(1, 8, 8, 32)).permute(0, 3, 1, 2)
-    # DINO: scale_factor=((h0 + 0.1) / sqrt(N), (w0 + 0.1) / sqrt(N)), bicubic.
-    expected = torch.nn.functional.interpolate(
-        patch, scale_factor=(5.1 / 8, 3.1 / 8), mode="bicubic", align_corners=False
-    )
-    expected = expected.permute(0, 2, 3, 1).reshape(1, 15, 32).numpy()
-    got = _np(layer.interpolated(5, 3))
+
+    def dino(h0, w0):  # scale_factor=((h0 + 0.1) / sqrt(N), (w0 + 0.1) / sqrt(N)), bicubic
+        expected = torch.nn.functional.interpolate(
+            patch, scale_factor=((h0 + 0.1) / 8, (w0 + 0.1) / 8), mode="bicubic"
+        )
+        return expected.permute(0, 2, 3, 1).reshape(1, h0 * w0, 32).numpy()
+
+    got = _np(layer.interpolated(5, 3, (20, 12)))
     np.testing.assert_array_equal(got[:, :1], pos[:, :1])
-    np.testing.assert_allclose(got[:, 1:], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[:, 1:], dino(5, 3), rtol=1e-5, atol=1e-5)
+    # DINO skips the resize only when `npatch == N and w == h` in pixels: a non-square
+    # image with the pretrain grid is resampled with scale (8 + 0.1) / 8 all the same.
+    expected = dino(8, 8)
+    assert np.abs(expected - pos[:, 1:]).max() > 0.1  # which moves the values
+    cls = np.zeros((2, 1, 32), "float32")
+    grid = np.random.default_rng(0).normal(size=(2, 8, 8, 32)).astype("float32")
+    for image_size in [(32, 35), (35, 32), (33, 39)]:
+        got = _np(layer.interpolated(8, 8, image_size))
+        np.testing.assert_allclose(got[:, 1:], expected, rtol=1e-5, atol=1e-5)
+        tokens = _np(layer([cls, grid], images=np.zeros((2, *image_size, 3), "float32")))
+        np.testing.assert_allclose(tokens[:, 1:] - grid.reshape(2, 64, 32), expected[[0, 0]],
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+    tokens = _np(layer([cls, grid], images=np.zeros((2, 35, 35, 3), "float32")))
+    np.testing.assert_allclose(tokens[:, 1:] - grid.reshape(2, 64, 32), pos[[0, 0], 1:],
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="needs `images=`"):
+        layer([cls, grid])
 
 
 def test_dynamic_interpolation_matches_static():
@@ -123,12 +143,13 @@ def test_dynamic_interpolation_matches_static():
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     layer = ViTPositionEmbedding(8, 16)
     layer.build()
-    for h, w in [(8, 8), (5, 11)]:
-        dynamic = layer.interpolated_dynamic(
-            keras.ops.convert_to_tensor(h, "int32"), keras.ops.convert_to_tensor(w, "int32")
-        )
+    tensor = lambda n: keras.ops.convert_to_tensor(n, "int32")  # noqa: E731
+    # the pretrain grid from square and non-square images, and another grid
+    cases = [(8, 8, (32, 32)), (8, 8, (32, 35)), (8, 8, (34, 32)), (5, 11, (20, 44))]
+    for h, w, image_size in cases:
+        dynamic = layer.interpolated_dynamic(tensor(h), tensor(w), tuple(map(tensor, image_size)))
         np.testing.assert_allclose(
-            _np(dynamic), _np(layer.interpolated(h, w)), rtol=1e-5, atol=1e-6
+            _np(dynamic), _np(layer.interpolated(h, w, image_size)), rtol=1e-5, atol=1e-6
         )
 
 

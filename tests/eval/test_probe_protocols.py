@@ -79,8 +79,9 @@ def _vit(depth, **kwargs):
                pretrain_image_size=16, **kwargs)  # fmt: skip
 
 
-def test_vit_block_tokens_equal_a_shallower_vit_with_the_same_weights():
-    images = np.random.default_rng(0).random((3, 16, 16, 1)).astype("float32")
+@pytest.mark.parametrize("size", [(16, 16), (19, 16)])  # both give the 4 x 4 pretrain grid
+def test_vit_block_tokens_equal_a_shallower_vit_with_the_same_weights(size):
+    images = np.random.default_rng(0).random((3, *size, 1)).astype("float32")
     deep, shallow = _vit(3, num_register_tokens=1), _vit(1, num_register_tokens=1)
     for layer in shallow.layers:
         if layer.weights:

@@ -44,13 +44,20 @@ def numpy_state(module):
     return {k: v.detach().cpu().numpy().astype("float32") for k, v in module.state_dict().items()}
 
 
-def original_pos_embed(pos_embed, h0, w0, offset, antialias):
-    """Official DINO / DINOv2 ``interpolate_pos_encoding`` for an ``h0 x w0`` patch grid."""
+def original_pos_embed(pos_embed, h0, w0, offset, antialias, image_size=None):
+    """Official DINO / DINOv2 ``interpolate_pos_encoding`` for an ``h0 x w0`` patch grid.
+
+    ``image_size`` is the image's ``(height, width)`` in pixels: the stored embeddings are
+    kept only when the grid has the pretrain grid's ``N`` patches and the image is square
+    (``npatch == N and w == h``). ``None`` stands for an image that is exactly the grid
+    (square when the grid is).
+    """
     import torch
     import torch.nn.functional as F
 
     n = pos_embed.shape[1] - 1
-    if h0 * w0 == n and h0 == w0:
+    height, width = image_size or (h0, w0)
+    if h0 * w0 == n and height == width:
         return pos_embed
     m = int(math.sqrt(n))
     dim = pos_embed.shape[-1]

@@ -44,12 +44,23 @@ def _timm(tmp_path, original=True, **extra):
     randomize_(model, seed=3)
     if original:  # the official DINO resize instead of timm's
 
+        def forward_features(self, x):
+            # DINO tests the image's size, not the grid's; its patch convolution drops the
+            # pixels past the last whole patch, which timm's refuses to see.
+            self.pixel_size = height, width = x.shape[-2:]
+            patch = ARGS["patch_size"]
+            x = x[..., : height // patch * patch, : width // patch * patch]
+            return type(self).forward_features(self, x)
+
         def _pos_embed(self, x):
             batch, h, w, dim = x.shape
-            pos = original_pos_embed(self.pos_embed, h, w, offset=0.1, antialias=False)
+            pos = original_pos_embed(
+                self.pos_embed, h, w, offset=0.1, antialias=False, image_size=self.pixel_size
+            )
             tokens = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, -1, dim)], 1)
             return tokens + pos
 
+        model.forward_features = types.MethodType(forward_features, model)
         model._pos_embed = types.MethodType(_pos_embed, model)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -110,6 +121,27 @@ def test_dino_parity_any_size(tmp_path):
             assert_close(out["blocks"][j], intermediate[j], f"timm block {j - 2} {h}x{w}")
         if (h, w) == (40, 56):
             assert_close(backbone.get_last_self_attention(x), attention, f"timm attn {h}x{w}")
+
+
+def test_dino_parity_non_square_image_with_the_pretrain_grid(tmp_path):
+    # 32 x 39 and 38 x 32 pixels give the 4 x 4 pretrain grid, but DINO keeps the stored
+    # embeddings only for a square image: these are resampled with scale (4 + 0.1) / 4.
+    model, weights = _timm(tmp_path)
+    backbone = ViT(**timm_vit.backbone_config(MODEL_ARGS))
+    timm_vit.convert_weights(weights, backbone)
+    stored = model.pos_embed.detach()
+    for h, w in ((32, 32), (32, 39), (38, 32)):
+        x, xt = images(h, w)
+        tokens, attention, intermediate = _reference(model, xt)
+        out = outputs(backbone, x)
+        assert_close(out["cls"], tokens[:, 0], f"timm cls {h}x{w}", 1e-5)
+        assert_close(out["patches"], tokens[:, 1:], f"timm patches {h}x{w}", 1e-5)
+        for j in range(2):
+            assert_close(out["blocks"][j], intermediate[j], f"block {j - 2} {h}x{w}", 1e-5)
+        assert_close(backbone.get_last_self_attention(x), attention, f"attn {h}x{w}", 1e-5)
+        resampled = original_pos_embed(stored, 4, 4, 0.1, False, image_size=(h, w))
+        gap = np.abs(to_numpy(resampled) - to_numpy(stored)).max()
+        assert (gap > 0.1) == (h != w), (h, w, gap)  # the resample really moves them
 
 
 def test_timm_own_resize_and_the_difference(tmp_path):

@@ -52,8 +52,9 @@ def _transformers(tmp_path, registers=False, original=False, **extra):
         patch = TINY["patch_size"]
 
         def interpolate(tokens, height, width):
+            grid = (height // patch, width // patch)
             return original_pos_embed(
-                embeddings.position_embeddings, height // patch, width // patch, 0.1, False
+                embeddings.position_embeddings, *grid, 0.1, False, image_size=(height, width)
             )
 
         embeddings.interpolate_pos_encoding = interpolate

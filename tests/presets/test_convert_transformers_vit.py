@@ -51,8 +51,9 @@ def _transformers(tmp_path, eps=1e-6, original=False):
 
         def interpolate(tokens, height, width):
             patch = TINY["patch_size"]
+            grid = (height // patch, width // patch)
             return original_pos_embed(
-                embeddings.position_embeddings, height // patch, width // patch, 0.1, False
+                embeddings.position_embeddings, *grid, 0.1, False, image_size=(height, width)
             )
 
         embeddings.interpolate_pos_encoding = interpolate

@@ -95,8 +95,9 @@ def _official_resize(embeddings, patch):
     """transformers embeddings with the official DINO / DINOv2 position-embedding resize."""
 
     def interpolate(tokens, height, width):
+        grid = (height // patch, width // patch)
         return original_pos_embed(
-            embeddings.position_embeddings, height // patch, width // patch, 0.1, False
+            embeddings.position_embeddings, *grid, 0.1, False, image_size=(height, width)
         )
 
     embeddings.interpolate_pos_encoding = interpolate
