@@ -81,6 +81,9 @@ def from_preset(
             ``huggingface_hub.hf_hub_download``; None uses huggingface_hub's settings.
         **config_overrides: backbone config changes applied before the weights are
             loaded, e.g. ``output="tokens"`` for a ViT or ``pooling=None`` for a ResNet.
+            For a method preset they change the selected encoder (the method's own
+            options, e.g. DINO's ``output_dim``, are refused); with ``include_head`` they
+            must keep the encoder's outputs the head takes.
 
     Returns:
         ``LoadedPreset(model, preprocessing)``: the model and a
@@ -198,7 +201,7 @@ def _load_from_source(source, card, options, overrides):
         )
         if preprocessing is None and card is not None:
             preprocessing = Preprocessing.from_card(card["preprocessing"])
-        return _select(model, preprocessing, options, source)
+        return _select(model, preprocessing, options, source, overrides)
     if card is None:
         card = _card_from_source_config(source, source_config)
     if options["task"] == "pretraining" or options["include_head"]:
@@ -381,7 +384,13 @@ def _convert(source, card, source_config, overrides):
     return backbone
 
 
-def _select(model, preprocessing, options, source):
+def _output_shapes(model):
+    return [tuple(output.shape) for output in getattr(model, "outputs", None) or ()]
+
+
+def _select(model, preprocessing, options, source, overrides):
+    """The model ``options`` ask for out of a Keras-native preset's ``model``; a method's
+    encoder is rebuilt with ``overrides`` (a backbone preset's were applied at load)."""
     from keras_ssl.trainer import ContrastiveTrainer
 
     where = source.description
@@ -403,13 +412,24 @@ def _select(model, preprocessing, options, source):
     if choice == "auto":
         choice = "teacher" if method in _TEACHER_EVALUATED else "student"
     prefix = "teacher_" if choice == "teacher" else ""
-    encoder = getattr(model, f"{prefix}backbone", None)
-    if encoder is None:
+    saved = getattr(model, f"{prefix}backbone", None)
+    if saved is None:
         raise PresetError(f"{where}: {method} has no {choice} encoder.")
+    encoder = saved
+    if overrides:
+        what = f"the {choice} encoder of the {method} preset {where}"
+        encoder = native.rebuild_with_overrides(saved, overrides, what, method=model)
     if not options["include_head"]:
         return LoadedPreset(encoder, preprocessing)
     head_names = ("teacher_head",) if choice == "teacher" else ("head", "projection_head")
     head = next((getattr(model, n) for n in head_names if getattr(model, n, None)), None)
     if head is None:
         raise PresetError(f"{where}: {method} has no {choice} head.")
+    if _output_shapes(encoder) != _output_shapes(saved):
+        raise PresetError(
+            f"The overrides {overrides} change the {choice} encoder's outputs from "
+            f"{_output_shapes(saved)} to {_output_shapes(encoder)}, which the {method} head "
+            "cannot take: drop include_head=True to get the encoder alone, or drop those "
+            "overrides."
+        )
     return LoadedPreset(keras.Sequential([encoder, head], name=f"{method}_{choice}"), preprocessing)

@@ -5,6 +5,7 @@ the sha256 of the weight files, checked at load: HDF5 has no checksums of its ow
 flipped bit in a weight would otherwise load silently."""
 
 import datetime
+import inspect
 import json
 import os
 import re
@@ -250,11 +251,84 @@ def is_native_config(config):
     return isinstance(config, dict) and "class_name" in config and "config" in config
 
 
+def is_method_config(config):
+    """Whether a Keras-native ``config.json`` holds a method model (a ``ContrastiveTrainer``
+    such as ``keras_ssl.DINO``) rather than a backbone."""
+    from keras_ssl.trainer import ContrastiveTrainer
+
+    cls = keras.saving.get_registered_object(config.get("registered_name") or "")
+    return isinstance(cls, type) and issubclass(cls, ContrastiveTrainer)
+
+
+def _method_options(method):
+    """The keyword arguments ``type(method)`` takes (``DINO``: ``output_dim``, ...)."""
+    parameters = inspect.signature(type(method)).parameters.values()
+    return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def rebuild_with_overrides(model, overrides, where, method=None):
+    """``model`` rebuilt from ``{**model.get_config(), **overrides}``, with its weights.
+
+    What :func:`load_native` does to a backbone preset, for the encoder taken out of a
+    method preset: the rebuilt model must hold as many arrays, of the same shapes, as
+    ``model`` (an override that changes the architecture is refused, not half loaded).
+
+    Args:
+        model: the built backbone (e.g. ``dino.teacher_backbone``).
+        overrides: its config changes, e.g. ``{"output": "tokens"}``.
+        where: the model's description for the error messages.
+        method: the method model ``model`` comes from; overrides that are options of the
+            method and not of the backbone are refused with a message saying so.
+
+    Returns:
+        The rebuilt model.
+    """
+    own = model.get_config()
+    cls_name = type(model).__name__
+    if method is not None:
+        misplaced = sorted(k for k in overrides if k in _method_options(method) and k not in own)
+        if misplaced:
+            raise PresetError(
+                f"{misplaced} {'is an option' if len(misplaced) == 1 else 'are options'} of "
+                f"{type(method).__name__}, not of its {cls_name} backbone: from_preset "
+                f"returns {where} (task='backbone'), and its overrides change that backbone's "
+                f"config ({', '.join(sorted(own))}). The method itself loads as saved with "
+                "task='pretraining', which takes no overrides."
+            )
+    config = keras.saving.serialize_keras_object(model)
+    config["config"] = {**own, **overrides}
+    try:
+        rebuilt = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except (TypeError, ValueError) as error:
+        raise PresetError(
+            f"Cannot rebuild {where} ({cls_name}) with the overrides {overrides}: {error}. "
+            f"The overrides change the backbone's config ({', '.join(sorted(own))})."
+        ) from None
+    if len(rebuilt.weights) != len(model.weights):
+        raise PresetError(
+            f"The {cls_name} built with the overrides {overrides} has {len(rebuilt.weights)} "
+            f"arrays but {where} holds {len(model.weights)}: the overrides change the "
+            "architecture. Pass only options that keep the weights (e.g. output=), or build "
+            "the model yourself and load what fits."
+        )
+    for new, old in zip(rebuilt.weights, model.weights, strict=True):
+        if tuple(new.shape) != tuple(old.shape):
+            raise PresetError(
+                f"{old.path} of {where} has shape {tuple(old.shape)}, {tuple(new.shape)} in the "
+                f"{cls_name} built with the overrides {overrides}: the overrides change the "
+                "architecture. Pass only options that keep the weights (e.g. output=)."
+            )
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 def load_native(source, overrides=None):
     """``(model, metadata, preprocessing or None)`` from a Keras-native preset source.
 
-    ``overrides`` update a backbone's config (e.g. ``{"output": "tokens"}``) before it
-    is built; the weights must still fit.
+    ``overrides`` update a backbone preset's config (e.g. ``{"output": "tokens"}``)
+    before it is built; the weights must still fit. A method preset (e.g. a saved
+    ``keras_ssl.DINO``) is built as saved: its overrides are for the encoder the caller
+    takes out of it, which :func:`rebuild_with_overrides` applies them to.
     """
     import keras_ssl  # noqa: F401  (registers the serialisable classes)
     from keras_ssl.presets.preprocessing import Preprocessing
@@ -264,6 +338,8 @@ def load_native(source, overrides=None):
     config = read_json(source.get(CONFIG_FILE), f"{source.description}: {CONFIG_FILE}")
     if not is_native_config(config):
         raise PresetError(f"{source.description}: {CONFIG_FILE} is not a Keras model config.")
+    if overrides and is_method_config(config):
+        overrides = None  # the method's config is not the backbone's: see the docstring
     if overrides:
         config = json.loads(json.dumps(config))
         config["config"].update(overrides)

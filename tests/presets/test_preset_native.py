@@ -8,7 +8,7 @@ import pytest
 from keras import ops
 
 import keras_ssl
-from keras_ssl.backbones import ConvNet
+from keras_ssl.backbones import ConvNet, ViT
 from keras_ssl.presets import Preprocessing, PresetError
 
 
@@ -139,6 +139,44 @@ def test_native_errors(tmp_path):
     metadata_path.write_text(json.dumps(metadata))
     with pytest.raises(PresetError, match=r"keras_ssl 9.1.0, newer than the installed.*pip"):
         keras_ssl.from_preset(tmp_path / "p")
+
+
+def test_overrides_of_a_method_preset_rebuild_the_selected_encoder(tmp_path):
+    # from_preset's overrides are backbone options: on a DINO preset they go to the encoder
+    # it returns, not to DINO's config (which has no `output`).
+    vit = ViT(patch_size=4, hidden_dim=16, depth=2, num_heads=2, input_channels=1,
+              pretrain_image_size=16, use_mask_token=False)  # fmt: skip
+    model = keras_ssl.DINO(vit, output_dim=32, hidden_dim=16, bottleneck_dim=8)
+    rng = np.random.default_rng(0)
+    for variable in model.backbone.weights:  # the student apart from the teacher
+        variable.assign(variable + rng.normal(scale=0.1, size=variable.shape))
+    keras_ssl.save_to_preset(model, tmp_path / "dino")
+    images = _images(n=2, size=16)
+    for encoder, saved in (("auto", model.teacher_backbone), ("student", model.backbone)):
+        tokens, _ = keras_ssl.from_preset(tmp_path / "dino", encoder=encoder, output="tokens")
+        assert isinstance(tokens, ViT) and tokens.output_type == "tokens"
+        got, expected = tokens(images), saved.forward_features(images)
+        for key in ("cls", "patches"):
+            np.testing.assert_allclose(_np(got[key]), _np(expected[key]), rtol=1e-5, atol=1e-6)
+    with_head, _ = keras_ssl.from_preset(tmp_path / "dino", include_head=True, name="renamed")
+    assert with_head.layers[0].name == "renamed"
+    np.testing.assert_allclose(
+        _np(with_head(images)),
+        _np(model.teacher_head(model.teacher_backbone(images))),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+    with pytest.raises(PresetError, match=r"\['output_dim'\] is an option of DINO, not of its ViT"):
+        keras_ssl.from_preset(tmp_path / "dino", output_dim=8)
+    with pytest.raises(PresetError, match=r"change the teacher encoder's outputs.*include_head"):
+        keras_ssl.from_preset(tmp_path / "dino", include_head=True, output="tokens")
+    with pytest.raises(PresetError, match=r"ViT built with the overrides \{'depth': 1\} has \d+ "):
+        keras_ssl.from_preset(tmp_path / "dino", depth=1)
+    with pytest.raises(PresetError, match=r"has shape .* the overrides change the architecture"):
+        keras_ssl.from_preset(tmp_path / "dino", hidden_dim=8, num_heads=1)  # ViT's, not DINO's
+    with pytest.raises(PresetError, match="task='pretraining' .* config overrides"):
+        keras_ssl.from_preset(tmp_path / "dino", task="pretraining", output="tokens")
 
 
 def test_pre_releases_are_not_newer_than_their_release():
