@@ -188,7 +188,8 @@ class Solarize(AugmentationLayer):
     Grill et al. 2020, with threshold 0.5 and probability 0.0 / 0.2 for the two views).
 
     Args:
-        threshold: Pixels greater or equal to this are inverted.
+        threshold: Pixels greater or equal to this are inverted, in [0, 1] (0.5 is
+            torchvision's 128 on uint8 images).
         probability: Probability of solarizing each image.
         seed: Optional integer seed.
         **kwargs: Base layer arguments.
@@ -205,6 +206,13 @@ class Solarize(AugmentationLayer):
     def __init__(self, threshold=0.5, probability=1.0, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.threshold = float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(
+                "`threshold` is on the [0, 1] scale of the images this layer sees (integer "
+                f"images are converted to [0, 1] first). Received: threshold={threshold}; "
+                "for a threshold of 128 on 0-255 pixels (torchvision's RandomSolarize on "
+                f"uint8, PIL's solarize) pass threshold={float(threshold) / 255:.4g}."
+            )
         self.probability = check_probability("probability", probability)
 
     def augment(self, images):

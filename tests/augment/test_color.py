@@ -85,6 +85,14 @@ def test_grayscale_and_solarize():
     np.testing.assert_allclose(_np(RandomGrayscale(1.0, seed=0)(x1)), x1)
 
 
+def test_a_solarize_threshold_off_the_unit_scale_is_refused():
+    # 128, torchvision's threshold on uint8 images, would invert nothing in [0, 1] images.
+    with pytest.raises(ValueError, match=r"\[0, 1\].*threshold=128.*threshold=0\.502"):
+        Solarize(threshold=128)
+    with pytest.raises(ValueError, match="threshold=-0.1"):
+        Solarize(threshold=-0.1)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_jitter_per_image_range_dtype(channels):
     x = np.repeat(_images(n=1, size=8, channels=channels), 6, axis=0)
