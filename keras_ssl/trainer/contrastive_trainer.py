@@ -520,7 +520,6 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     epochs_run = 0
     batches_run = 0
     _replaced = None  # (total_steps, steps_per_epoch) before the first epoch set them
-    _counted = None  # TensorFlow: the optimizer's step count after the epoch's last batch
 
     def __init__(self, data=None):
         super().__init__()
@@ -530,7 +529,6 @@ class _RecordTotalSteps(keras.callbacks.Callback):
             for target in (data, getattr(data, "sampler", None))
             if callable(getattr(target, "set_epoch", None))
         ]
-        self._tensorflow = keras.backend.backend() == "tensorflow"
 
     def _run_length(self):
         return self.model.total_steps, self.model.steps_per_epoch
@@ -551,8 +549,6 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         for set_epoch in self._epoch_setters:
             set_epoch(epoch)  # the epoch's order, also in a run resumed at `epoch`
-        if self._tensorflow:
-            self._counted = _as_int(self._step_counter())
         self.epochs_run += 1
         if self.epochs_run > 1:
             return
@@ -575,12 +571,3 @@ class _RecordTotalSteps(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches_run += 1
-        if self._tensorflow:
-            self._counted = _as_int(self._step_counter())
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Keras's TensorFlow loop ends an epoch of data whose length it does not know with a
-        # call that finds the data used up, and the optimizer's step count, whose increment
-        # does not wait for the data, goes up in it all the same: a step that never ran.
-        if self._counted is not None and _as_int(self._step_counter()) != self._counted:
-            self._step_counter().assign(self._counted)
