@@ -10,7 +10,7 @@ from keras_ssl.layers.dino_head import DINOHead
 from keras_ssl.ops import distributed
 from keras_ssl.ops._multi_tensor import scale_variables
 from keras_ssl.ops.dino import dino_center_update, dino_loss
-from keras_ssl.ops.schedules import cosine_schedule, linear_schedule
+from keras_ssl.ops.schedules import cosine_schedule, linspace_schedule
 from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
 
 
@@ -51,9 +51,10 @@ class DINO(ContrastiveTrainer):
         use_bn_in_head: batch norm in the head's MLP (False for ViT, True for ResNet in
             the official code).
         student_temperature: `tau_s` (0.1).
-        warmup_teacher_temperature, teacher_temperature: `tau_t` at step 0 and after the
-            warm-up (0.04 -> 0.07).
-        warmup_teacher_temperature_epochs: length of the warm-up (30).
+        warmup_teacher_temperature, teacher_temperature: `tau_t` in the first epoch and
+            after the warm-up (0.04 -> 0.07).
+        warmup_teacher_temperature_epochs: length of the warm-up (30), stepped by epoch
+            as in the official code (`teacher_temperature` from epoch 29 on).
         center_momentum: `m_c` (0.9).
         momentum, final_momentum: teacher EMA momentum at the start and end (0.996 -> 1).
         weight_decay, final_weight_decay: decoupled weight decay at the start and end of the
@@ -132,15 +133,23 @@ class DINO(ContrastiveTrainer):
 
     # ---- schedules, all driven by the optimizer's step counter ---------------------------
     def current_teacher_temperature(self):
-        """`tau_t` of the current step: linear warm-up, then constant."""
+        """`tau_t` of the current step: a linear warm-up, then constant.
+
+        As the official code's `np.linspace(warmup_teacher_temp, teacher_temp,
+        warmup_teacher_temp_epochs)[epoch]`: `teacher_temperature` from the warm-up's last
+        epoch on (see `_teacher_temperature_warmup`).
+        """
         if not self.warmup_teacher_temperature_epochs:
             return ops.convert_to_tensor(self.teacher_temperature, "float32")
-        return linear_schedule(
-            self.optimizer.iterations,
-            ops.maximum(self.epochs_to_steps(self.warmup_teacher_temperature_epochs), 1.0),
-            self.warmup_teacher_temperature,
-            self.teacher_temperature,
+        position, length = self._teacher_temperature_warmup()
+        return linspace_schedule(
+            position, length, self.warmup_teacher_temperature, self.teacher_temperature
         )
+
+    def _teacher_temperature_warmup(self):
+        """`(epoch, warm-up epochs)`: DINO warms `tau_t` up by epoch, constant within one."""
+        epoch = ops.floor(ops.cast(self.optimizer.iterations, "float32") / self.epochs_to_steps(1))
+        return epoch, self.warmup_teacher_temperature_epochs
 
     def teacher_momentum(self):
         """EMA momentum of the step just taken (cosine to `final_momentum`)."""

@@ -83,7 +83,8 @@ class DINOv2(DINO):
             student_temperature, warmup_teacher_temperature, teacher_temperature,
             warmup_teacher_temperature_epochs, center_momentum, weight_decay,
             final_weight_decay, freeze_last_layer_epochs: as `DINO` (DINOv2 defaults: 65536
-            prototypes, `tau_t` 0.04 -> 0.07 over 30 epochs, weight decay 0.04 -> 0.2).
+            prototypes, `tau_t` 0.04 -> 0.07 over 30 epochs, warmed up by step as in
+            DINOv2's code, weight decay 0.04 -> 0.2).
         momentum, final_momentum: teacher EMA momentum (0.992 -> 1).
         centering: `"sinkhorn_knopp"` (default) or `"centering"`.
         sinkhorn_iterations: Sinkhorn-Knopp iterations (3).
@@ -278,6 +279,12 @@ class DINOv2(DINO):
         return int(view.shape[1]) // patch, int(view.shape[2]) // patch
 
     # ---- teacher targets -----------------------------------------------------------------
+    def _teacher_temperature_warmup(self):
+        """`(step, warm-up steps)`: DINOv2 warms `tau_t` up by step, as the linspace
+        warm-up of its `CosineScheduler` (DINO does it by epoch)."""
+        steps = self.epochs_to_steps(self.warmup_teacher_temperature_epochs)
+        return self.optimizer.iterations, ops.maximum(steps, 1.0)
+
     def teacher_probabilities(self, logits, center, temperature, training, valid=None):
         """Teacher distributions of `(B, K)` logits: Sinkhorn-Knopp, or centred + sharpened
         with `center` updated (in training); over the `valid` rows only when given (a

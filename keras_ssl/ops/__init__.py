@@ -9,7 +9,12 @@ from keras_ssl.ops.koleo import koleo_loss
 from keras_ssl.ops.masking import block_masks
 from keras_ssl.ops.normalize import l2_normalize
 from keras_ssl.ops.nt_xent import contrastive_accuracy, nt_xent_loss
-from keras_ssl.ops.schedules import cosine_schedule, linear_schedule, linear_warmup_cosine
+from keras_ssl.ops.schedules import (
+    cosine_schedule,
+    linear_schedule,
+    linear_warmup_cosine,
+    linspace_schedule,
+)
 from keras_ssl.ops.sinkhorn_knopp import sinkhorn_knopp
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "l2_normalize",
     "linear_schedule",
     "linear_warmup_cosine",
+    "linspace_schedule",
     "masked_patch_rows",
     "nt_xent_loss",
     "sinkhorn_knopp",

@@ -54,7 +54,7 @@ def dino_loss(
         center: `(K,)` or `(1, K)` centre `c` (see `dino_center_update`).
         student_temperature: `tau_s` (0.1).
         teacher_temperature: `tau_t`, a float or scalar tensor (0.04, warmed up
-            to 0.07 over 30 epochs in the paper; see `linear_schedule`).
+            to 0.07 over 30 epochs in the paper; see `linspace_schedule`).
 
     Returns:
         A float32 scalar.

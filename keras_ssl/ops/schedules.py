@@ -51,8 +51,8 @@ def linear_schedule(step, total_steps, start, end):
 
         value(k) = start + (end - start) * min(max(k / K, 0), 1)
 
-    DINO's teacher temperature warm-up (Caron et al. 2021, Sec. 3.1 and
-    App. B: 0.04 -> 0.07 over the first 30 epochs, then 0.07).
+    For the official DINO and DINOv2 warm-ups, which reach `end` one index earlier, see
+    `linspace_schedule`.
 
     Args:
         step: the current step `k`, a scalar tensor or number.
@@ -70,6 +70,42 @@ def linear_schedule(step, total_steps, start, end):
     0.05
     """
     progress = _progress(step, total_steps)
+    start = ops.cast(start, "float32")
+    end = ops.cast(end, "float32")
+    return start + (end - start) * progress
+
+
+def linspace_schedule(index, num, start, end):
+    """`numpy.linspace(start, end, num)[index]`, then `end` from index `num` on.
+
+        value(i) = start + (end - start) * min(i / (num - 1), 1)       (num > 1)
+
+    and, with `num = 1`, `start` at index 0 and `end` after. The warm-ups of the
+    official DINO and DINOv2 code index such an array: DINO's teacher temperature by
+    epoch (`np.linspace(0.04, 0.07, 30)[epoch]`, 0.07 from epoch 29 on), DINOv2's by
+    iteration (its `CosineScheduler`'s `np.linspace` warm-up). Unlike
+    `linear_schedule(i, num, ...)`, `end` is reached at index `num - 1`.
+
+    Args:
+        index: the counter `i` (epoch or step), a scalar tensor or number.
+        num: the number of warm-up values (> 0).
+        start: value at index 0.
+        end: value at index `num - 1` and after.
+
+    Returns:
+        A float32 scalar tensor.
+
+    Example:
+
+    >>> from keras_ssl.ops import linspace_schedule
+    >>> [round(float(linspace_schedule(i, 4, 0.04, 0.07)), 6) for i in (0, 1, 3, 9)]
+    [0.04, 0.05, 0.07, 0.07]
+    """
+    if isinstance(num, (int, float)) and num <= 0:
+        raise ValueError(f"num must be > 0, got {num}.")
+    index = ops.cast(index, "float32")
+    steps = ops.maximum(ops.cast(num, "float32") - 1.0, 1.0)
+    progress = ops.clip(index / steps, 0.0, 1.0)
     start = ops.cast(start, "float32")
     end = ops.cast(end, "float32")
     return start + (end - start) * progress

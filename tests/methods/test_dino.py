@@ -61,8 +61,8 @@ def test_schedules_follow_the_step_counter():
     model.compile(optimizer=_sgd())
     model.fit(_views(32), batch_size=16, epochs=1, verbose=0)  # 2 steps an epoch
     assert int(ops.convert_to_numpy(model.steps_per_epoch)) == 2
-    # Step index 2 of a 4-step warm-up: halfway from 0.04 to 0.07.
-    np.testing.assert_allclose(float(model.current_teacher_temperature()), 0.055, rtol=1e-6)
+    # Epoch 1 of a 2-epoch warm-up: np.linspace(0.04, 0.07, 2)[1] in DINO's code.
+    np.testing.assert_allclose(float(model.current_teacher_temperature()), 0.07, rtol=1e-6)
     # Momentum after step k=1 of K=2 (DINO's cosine_scheduler: value at k / K).
     expected = 1.0 - (1.0 - 0.996) * (1 + np.cos(np.pi * 1 / 2)) / 2
     np.testing.assert_allclose(float(model.teacher_momentum()), expected, rtol=1e-7)
@@ -70,6 +70,28 @@ def test_schedules_follow_the_step_counter():
     no_warmup = _model(warmup_teacher_temperature_epochs=0, teacher_temperature=0.07)
     no_warmup.compile(optimizer=_sgd())
     np.testing.assert_allclose(float(no_warmup.current_teacher_temperature()), 0.07, rtol=1e-6)
+
+
+def _official_teacher_temperatures(warmup, final, warmup_epochs, epochs):
+    """main_dino.py's schedule: a linspace warm-up indexed by epoch, then constant."""
+    return np.concatenate(
+        (np.linspace(warmup, final, warmup_epochs), np.full(epochs - warmup_epochs, final))
+    )
+
+
+def test_teacher_temperature_warms_up_by_epoch_as_the_official_code():
+    model = _model(
+        warmup_teacher_temperature=0.04,
+        teacher_temperature=0.07,
+        warmup_teacher_temperature_epochs=4,
+    )
+    model.compile(optimizer=_sgd())
+    model.steps_per_epoch.assign(3)
+    expected = _official_teacher_temperatures(0.04, 0.07, 4, epochs=6)
+    for step in range(18):
+        model.optimizer.iterations.assign(step)
+        got = float(model.current_teacher_temperature())
+        np.testing.assert_allclose(got, expected[step // 3], rtol=1e-6, err_msg=f"step {step}")
 
 
 def test_last_layer_frozen_in_the_first_epoch_only():

@@ -243,6 +243,23 @@ def test_thirty_steps_on_a_fixed_batch_lower_the_loss():
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
 
 
+def test_teacher_temperature_warms_up_by_step_as_the_official_code():
+    # DINOv2's CosineScheduler warm-up: np.linspace(start, base, warmup_iters)[it], then
+    # the base value.
+    model = _model(
+        warmup_teacher_temperature=0.04,
+        teacher_temperature=0.07,
+        warmup_teacher_temperature_epochs=2,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.steps_per_epoch.assign(3)
+    expected = np.concatenate((np.linspace(0.04, 0.07, 6), np.full(4, 0.07)))
+    for step, value in enumerate(expected):
+        model.optimizer.iterations.assign(step)
+        got = float(model.current_teacher_temperature())
+        np.testing.assert_allclose(got, value, rtol=1e-6, err_msg=f"step {step}")
+
+
 def test_refuses_backbones_without_patch_tokens():
     resnet = keras_ssl.backbones.ResNet(
         stackwise_num_blocks=(1,), stem="cifar", input_channels=1, width=4

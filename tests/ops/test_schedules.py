@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_ssl.ops import cosine_schedule, linear_schedule, linear_warmup_cosine
+from keras_ssl.ops import (
+    cosine_schedule,
+    linear_schedule,
+    linear_warmup_cosine,
+    linspace_schedule,
+)
 
 
 def _value(x):
@@ -45,6 +50,18 @@ def test_linear_schedule():
     for step, expected in [(0, 0.04), (10, 0.05), (15, 0.055), (30, 0.07), (1000, 0.07)]:
         got = _value(linear_schedule(step, 30, 0.04, 0.07))
         np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"step {step}")
+
+
+@pytest.mark.parametrize("num", [1, 2, 5, 30])
+def test_linspace_schedule_indexes_numpy_linspace(num):
+    reference = np.concatenate((np.linspace(0.04, 0.07, num), np.full(5, 0.07)))
+    for index, expected in enumerate(reference):
+        got = _value(linspace_schedule(index, num, 0.04, 0.07))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"index {index}")
+    step = keras.Variable(1, dtype="int64", trainable=False)  # a step counter as index
+    np.testing.assert_allclose(_value(linspace_schedule(step, num, 0.04, 0.07)), reference[1])
+    with pytest.raises(ValueError, match="num must be > 0"):
+        linspace_schedule(0, 0, 0.04, 0.07)
 
 
 def test_linear_warmup_cosine():
