@@ -55,15 +55,42 @@ def apply_separable(B, images, ry, rx):
     return B.numpy.einsum("niwc,njw->nijc", rows, rx)
 
 
-def interpolation_matrix(B, start, length, in_size, out_size):
-    """Per-image bilinear (triangle-filter) resampling matrix ``(N, out_size, in_size)``.
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+# Keys' cubic convolution parameter of PIL's and torch's antialiased bicubic resize.
+_CUBIC_A = -0.5
+
+
+def _filter_weights(B, distance, interpolation):
+    """Filter of ``interpolation`` at ``distance`` (in units of the filter's scale).
+
+    ``bilinear`` is the triangle ``max(1 - |x|, 0)`` (support 1); ``bicubic`` is Keys' cubic
+    convolution kernel with ``a = -0.5`` (support 2), the filter of PIL's ``BICUBIC`` and of
+    torch's ``interpolate(mode="bicubic", antialias=True)``:
+    ``(a + 2)|x|^3 - (a + 3)|x|^2 + 1`` for ``|x| < 1``, ``a|x|^3 - 5a|x|^2 + 8a|x| - 4a``
+    for ``1 <= |x| < 2``, else 0.
+    """
+    np_ = B.numpy
+    x = np_.abs(distance)
+    if interpolation == "bilinear":
+        return np_.maximum(1.0 - x, 0.0)
+    a = _CUBIC_A
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return np_.where(np_.less(x, 1.0), near, np_.where(np_.less(x, 2.0), far, 0.0))
+
+
+def interpolation_matrix(B, start, length, in_size, out_size, interpolation="bilinear"):
+    """Per-image resampling matrix ``(N, out_size, in_size)`` of a crop-and-resize.
 
     Output sample ``i`` of image ``n`` sits at source coordinate
     ``start[n] + (i + 0.5) * length[n] / out_size - 0.5`` (half-pixel centres). Source
-    pixels outside ``[start, start + length)`` get zero weight, which reproduces the edge
-    clamping of "crop then resize". When downscaling (``length > out_size``) the triangle
-    is widened by the scale factor (antialiasing, as PIL / torchvision ``antialias=True``).
-    Rows are normalised to sum to one.
+    pixels outside ``[start, start + length)`` get zero weight, which reproduces "crop then
+    resize". When downscaling (``length > out_size``) the filter is widened by the scale
+    factor (antialiasing, as PIL / torchvision ``antialias=True``). Rows are normalised to
+    sum to one, so a filter cut by the crop's border is renormalised over the pixels left,
+    as PIL does. ``interpolation`` is ``"bilinear"`` (triangle filter) or ``"bicubic"``
+    (see :func:`_filter_weights`).
     """
     np_ = B.numpy
     start = B.core.cast(start, "float32")
@@ -73,8 +100,7 @@ def interpolation_matrix(B, start, length, in_size, out_size):
     scale = length / float(out_size)
     src = start[:, None] + (i[None, :] + 0.5) * scale[:, None] - 0.5  # (N, Ho)
     support = np_.maximum(scale, 1.0)[:, None, None]
-    dist = np_.abs(k[None, None, :] - src[:, :, None]) / support
-    weights = np_.maximum(1.0 - dist, 0.0)
+    weights = _filter_weights(B, (k[None, None, :] - src[:, :, None]) / support, interpolation)
     inside = np_.logical_and(
         np_.greater_equal(k[None, :], start[:, None] - 0.5),
         np_.less(k[None, :], start[:, None] + length[:, None] - 0.5),
@@ -84,13 +110,15 @@ def interpolation_matrix(B, start, length, in_size, out_size):
     return weights / np_.maximum(total, 1e-12)
 
 
-def crop_resize(B, images, boxes, height, width):
+def crop_resize(B, images, boxes, height, width, interpolation="bilinear"):
     """Crops ``boxes`` = ``(N, 4)`` rows ``(top, left, box_h, box_w)`` (pixels) and resizes
-    each crop to ``(height, width)`` with antialiased bilinear interpolation."""
+    each crop to ``(height, width)`` with antialiased ``interpolation`` (see
+    :func:`interpolation_matrix`). Bicubic output can overshoot the input's range; it is
+    not clipped here."""
     in_h, in_w = static_image_size(images, "RandomResizedCrop")
     boxes = B.core.cast(boxes, "float32")
-    ry = interpolation_matrix(B, boxes[:, 0], boxes[:, 2], in_h, height)
-    rx = interpolation_matrix(B, boxes[:, 1], boxes[:, 3], in_w, width)
+    ry = interpolation_matrix(B, boxes[:, 0], boxes[:, 2], in_h, height, interpolation)
+    rx = interpolation_matrix(B, boxes[:, 1], boxes[:, 3], in_w, width, interpolation)
     return apply_separable(B, images, ry, rx)
 
 

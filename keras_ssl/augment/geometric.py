@@ -11,6 +11,16 @@ from keras_ssl.augment._base import AugmentationLayer, check_probability
 _NUM_CANDIDATES = 10
 
 
+def check_interpolation(interpolation):
+    """``interpolation`` if it is one of ``_ops.INTERPOLATIONS``, else a clear error."""
+    if interpolation not in _ops.INTERPOLATIONS:
+        raise ValueError(
+            f"`interpolation` must be one of {_ops.INTERPOLATIONS}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+    return interpolation
+
+
 def _pair(value, name):
     if isinstance(value, numbers.Real):
         return float(value), float(value)
@@ -32,16 +42,21 @@ class RandomResizedCrop(AugmentationLayer):
     and the first that fits is used; if none fits, the whole image centre-cropped to the
     nearest allowed aspect ratio is used (torchvision's fallback).
 
-    The crop + resize is a per-image separable linear map (bilinear with half-pixel centres,
-    antialiased when downscaling, edge-clamped at the box border) applied with two einsums,
-    so it runs under XLA (``jit_compile``) and ``jax.jit`` without per-image loops. Each
-    image in a batch gets its own box.
+    The crop + resize is a per-image separable linear map (half-pixel centres, antialiased
+    when downscaling as PIL and torchvision's ``antialias=True``, the filter renormalised at
+    the box border) applied with two einsums, so it runs under XLA (``jit_compile``) and
+    ``jax.jit`` without per-image loops. Each image in a batch gets its own box.
+
+    ``interpolation="bicubic"`` is the crop of DINO, DINOv2 (``Image.BICUBIC``), BYOL
+    (Appendix B) and SimCLR's TensorFlow code; torchvision's default, used by MoCo-v2, is
+    bilinear. Bicubic output is clipped to [0, 1], as an 8-bit PIL image is to [0, 255].
 
     Args:
         height: Output height.
         width: Output width.
         scale: ``(min, max)`` fraction of the image area covered by the box.
         ratio: ``(min, max)`` aspect ratio (width / height) of the box.
+        interpolation: ``"bilinear"`` (default) or ``"bicubic"``.
         seed: Optional integer seed.
         **kwargs: Base layer arguments (``name``, ``dtype``...).
 
@@ -60,10 +75,12 @@ class RandomResizedCrop(AugmentationLayer):
         width,
         scale=(0.08, 1.0),
         ratio=(3.0 / 4.0, 4.0 / 3.0),
+        interpolation="bilinear",
         seed=None,
         **kwargs,
     ):
         super().__init__(seed=seed, **kwargs)
+        self.interpolation = check_interpolation(interpolation)
         self.height = int(height)
         self.width = int(width)
         self.scale = _pair(scale, "scale")
@@ -112,7 +129,12 @@ class RandomResizedCrop(AugmentationLayer):
 
     def augment(self, images):
         boxes = self.sample_boxes(images)
-        return _ops.crop_resize(self.backend, images, boxes, self.height, self.width)
+        images = _ops.crop_resize(
+            self.backend, images, boxes, self.height, self.width, self.interpolation
+        )
+        if self.interpolation == "bicubic":
+            images = self.backend.numpy.clip(images, 0.0, 1.0)
+        return images
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
@@ -121,7 +143,11 @@ class RandomResizedCrop(AugmentationLayer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            height=self.height, width=self.width, scale=list(self.scale), ratio=list(self.ratio)
+            height=self.height,
+            width=self.width,
+            scale=list(self.scale),
+            ratio=list(self.ratio),
+            interpolation=self.interpolation,
         )
         return config
 

@@ -14,7 +14,11 @@ from keras_ssl.augment._base import derive_seed
 from keras_ssl.augment.blur import GaussianBlur
 from keras_ssl.augment.color import ColorJitter, RandomGrayscale, Solarize
 from keras_ssl.augment.containers import AugmentationPipeline, MultiViewAugment
-from keras_ssl.augment.geometric import RandomHorizontalFlip, RandomResizedCrop
+from keras_ssl.augment.geometric import (
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    check_interpolation,
+)
 
 # DINOv2's crop areas (``ssl_default_config.yaml``), where DINO's are 0.4-1 / 0.05-0.4.
 DINOV2_CROP_SCALES = dict(global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05, 0.32))
@@ -46,10 +50,6 @@ def blur_kernel_size(image_size, fraction=0.1):
     return max(kernel, 3)
 
 
-# `view_pipeline` and `DINOMultiCrop` take an argument of the same name.
-_side_fraction_kernel_size = blur_kernel_size
-
-
 def _odd_kernel_size_or_none(value, name="blur_kernel_size"):
     if value is None:
         return None
@@ -59,6 +59,12 @@ def _odd_kernel_size_or_none(value, name="blur_kernel_size"):
             f"for 10% of the crop side. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def _blur_taps(value, image_size):
+    """A checked ``blur_kernel_size`` argument, or the default for ``image_size`` if None."""
+    value = _odd_kernel_size_or_none(value)
+    return blur_kernel_size(image_size) if value is None else value
 
 
 def view_pipeline(
@@ -75,11 +81,13 @@ def view_pipeline(
     solarize_threshold=0.5,
     seed=None,
     blur_kernel_size=None,
+    interpolation="bilinear",
 ):
     """One view of a contrastive / self-distillation recipe, the builder shared by all recipes.
 
     The torchvision pipeline of SimCLR, MoCo-v2, BYOL and DINO: ``RandomResizedCrop`` to
-    ``image_size`` (area ``crop_scale``, aspect ratio ``crop_ratio``) -> horizontal flip
+    ``image_size`` (area ``crop_scale``, aspect ratio ``crop_ratio``, ``interpolation``)
+    -> horizontal flip
     (p = 0.5) -> ``ColorJitter(*jitter)`` with probability ``jitter_probability`` -> grayscale
     with probability ``grayscale_probability`` -> Gaussian blur (sigma ~ U(``blur_sigma``),
     kernel ``blur_kernel_size``, by default 10% of the output side as in SimCLR, Appendix A)
@@ -102,18 +110,23 @@ def view_pipeline(
         seed: Optional integer seed; each layer gets a fixed derived sub-seed.
         blur_kernel_size: Odd number of taps of the blur kernel, or None (default) for
             ``blur_kernel_size(image_size)``, 10% of the smaller output side (at least 3).
+        interpolation: The crop's resampling, ``"bilinear"`` (torchvision's default) or
+            ``"bicubic"``.
 
     Returns:
         An :class:`AugmentationPipeline`.
     """
     height, width = _size_pair(image_size)
-    blur_kernel_size = _odd_kernel_size_or_none(blur_kernel_size)
-    if blur_kernel_size is None:
-        blur_kernel_size = _side_fraction_kernel_size((height, width))
+    blur_kernel_size = _blur_taps(blur_kernel_size, (height, width))
     brightness, contrast, saturation, hue = _floats(jitter, 4, "jitter")
     layers = [
         RandomResizedCrop(
-            height, width, scale=crop_scale, ratio=crop_ratio, seed=derive_seed(seed, 0)
+            height,
+            width,
+            scale=crop_scale,
+            ratio=crop_ratio,
+            interpolation=interpolation,
+            seed=derive_seed(seed, 0),
         )
     ]
     if horizontal_flip:
@@ -158,10 +171,12 @@ def simclr_pipeline(
     blur_probability=0.5,
     horizontal_flip=True,
     seed=None,
+    interpolation="bicubic",
 ):
     """One SimCLR view: crop -> flip -> colour jitter -> grayscale -> blur.
 
-    Chen et al. 2020, Appendix A: ``RandomResizedCrop(scale=crop_scale)``, horizontal flip
+    Chen et al. 2020, Appendix A: ``RandomResizedCrop(scale=crop_scale)`` with bicubic
+    resampling (``interpolation``, as the official TensorFlow code), horizontal flip
     (p = 0.5), colour jitter ``(0.8 s, 0.8 s, 0.8 s, 0.2 s)`` applied with probability
     ``jitter_probability``, grayscale with probability ``grayscale_probability``, Gaussian blur
     with sigma ~ U(0.1, 2.0), kernel 10% of the image side, probability ``blur_probability``
@@ -180,6 +195,7 @@ def simclr_pipeline(
         grayscale_probability=grayscale_probability,
         blur_probability=blur_probability,
         seed=seed,
+        interpolation=interpolation,
     )
 
 
@@ -239,6 +255,8 @@ class SimCLRAugment(_MultiViewRecipe):
         grayscale_probability: Probability of the grayscale conversion.
         blur_probability: Probability of the Gaussian blur (0 removes it).
         horizontal_flip: Whether to randomly flip horizontally.
+        interpolation: The crop's resampling, ``"bicubic"`` (default, as the official
+            TensorFlow code) or ``"bilinear"`` (torchvision's default, as lightly).
         seed: Optional integer seed; the two views get different derived seeds.
         **kwargs: Base layer arguments.
 
@@ -270,6 +288,7 @@ class SimCLRAugment(_MultiViewRecipe):
         grayscale_probability=0.2,
         blur_probability=0.5,
         horizontal_flip=True,
+        interpolation="bicubic",
         seed=None,
         **kwargs,
     ):
@@ -281,6 +300,7 @@ class SimCLRAugment(_MultiViewRecipe):
             grayscale_probability=float(grayscale_probability),
             blur_probability=float(blur_probability),
             horizontal_flip=bool(horizontal_flip),
+            interpolation=check_interpolation(interpolation),
         )
         super().__init__(recipe, seed=seed, **kwargs)
 
@@ -317,6 +337,8 @@ class MoCoV2Augment(_MultiViewRecipe):
         grayscale_probability: Probability of the grayscale conversion.
         blur_probability: Probability of the Gaussian blur (0 removes it).
         horizontal_flip: Whether to randomly flip horizontally.
+        interpolation: The crop's resampling, ``"bilinear"`` (default, torchvision's, as
+            the official code) or ``"bicubic"``.
         seed: Optional integer seed; view ``k`` uses ``derive_seed(seed, k)``.
         **kwargs: Base layer arguments.
 
@@ -339,6 +361,7 @@ class MoCoV2Augment(_MultiViewRecipe):
         grayscale_probability=0.2,
         blur_probability=0.5,
         horizontal_flip=True,
+        interpolation="bilinear",
         seed=None,
         **kwargs,
     ):
@@ -350,6 +373,7 @@ class MoCoV2Augment(_MultiViewRecipe):
             grayscale_probability=float(grayscale_probability),
             blur_probability=float(blur_probability),
             horizontal_flip=bool(horizontal_flip),
+            interpolation=check_interpolation(interpolation),
         )
         super().__init__(recipe, seed=seed, **kwargs)
 
@@ -393,6 +417,8 @@ class BYOLAugment(_MultiViewRecipe):
         blur_probabilities: Blur probability of view 1 and of view 2.
         solarize_probabilities: Solarize probability of view 1 and of view 2.
         horizontal_flip: Whether to randomly flip horizontally.
+        interpolation: The crop's resampling, ``"bicubic"`` (default, Appendix B) or
+            ``"bilinear"``.
         seed: Optional integer seed; view ``k`` uses ``derive_seed(seed, k)``.
         **kwargs: Base layer arguments.
 
@@ -416,6 +442,7 @@ class BYOLAugment(_MultiViewRecipe):
         blur_probabilities=(1.0, 0.1),
         solarize_probabilities=(0.0, 0.2),
         horizontal_flip=True,
+        interpolation="bicubic",
         seed=None,
         **kwargs,
     ):
@@ -428,6 +455,7 @@ class BYOLAugment(_MultiViewRecipe):
             blur_probabilities=_floats(blur_probabilities, 2, "blur_probabilities"),
             solarize_probabilities=_floats(solarize_probabilities, 2, "solarize_probabilities"),
             horizontal_flip=bool(horizontal_flip),
+            interpolation=check_interpolation(interpolation),
         )
         super().__init__(recipe, seed=seed, **kwargs)
 
@@ -443,6 +471,7 @@ class BYOLAugment(_MultiViewRecipe):
                 grayscale_probability=r["grayscale_probability"],
                 blur_probability=r["blur_probabilities"][view],
                 solarize_probability=r["solarize_probabilities"][view],
+                interpolation=r["interpolation"],
                 seed=derive_seed(seed, view),
             )
             for view in range(2)
@@ -499,6 +528,8 @@ class DINOMultiCrop(_MultiViewRecipe):
         horizontal_flip: Whether to randomly flip horizontally.
         blur_kernel_size: Odd number of taps of every crop's blur kernel (DINOv2: 9), or
             None (default) for 10% of each crop's side.
+        interpolation: The crops' resampling, ``"bicubic"`` (default, as the official
+            ``Image.BICUBIC``) or ``"bilinear"``.
         seed: Optional integer seed; view ``k`` uses ``derive_seed(seed, k)``.
         **kwargs: Base layer arguments.
 
@@ -533,6 +564,7 @@ class DINOMultiCrop(_MultiViewRecipe):
         global_solarize_probabilities=(0.0, 0.2),
         horizontal_flip=True,
         blur_kernel_size=None,
+        interpolation="bicubic",
         seed=None,
         **kwargs,
     ):
@@ -556,6 +588,7 @@ class DINOMultiCrop(_MultiViewRecipe):
                 global_solarize_probabilities, 2, "global_solarize_probabilities"
             ),
             horizontal_flip=bool(horizontal_flip),
+            interpolation=check_interpolation(interpolation),
             blur_kernel_size=_odd_kernel_size_or_none(blur_kernel_size),
         )
         super().__init__(recipe, seed=seed, **kwargs)
@@ -568,6 +601,7 @@ class DINOMultiCrop(_MultiViewRecipe):
             jitter_probability=r["jitter_probability"],
             grayscale_probability=r["grayscale_probability"],
             blur_kernel_size=r["blur_kernel_size"],
+            interpolation=r["interpolation"],
         )
         pipelines = [
             view_pipeline(

@@ -133,3 +133,58 @@ def test_images_of_unknown_size_in_tf_data_get_a_clear_error():
     )
     with pytest.raises(ValueError, match="needs images of a known height and width"):
         images.map(RandomResizedCrop(4, 4, scale=np.float32(0.5), seed=0))
+
+
+def _pil_crop_resize(image, box, out_h, out_w, interpolation):
+    """torchvision's ``resized_crop`` on a PIL image: crop, then PIL's (antialiased) resize,
+    channel by channel in float mode so the reference is not rounded to 8 bits."""
+    from PIL import Image
+
+    top, left, box_h, box_w = (int(v) for v in box)
+    crop = image[top : top + box_h, left : left + box_w]
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interpolation]
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(crop[..., c]), mode="F").resize(
+                (out_w, out_h), resample
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.stack(channels, axis=-1)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("out_size", [(13, 29), (50, 45)])  # down- and upscaling
+def test_crop_resize_matches_pil(interpolation, out_size):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(4, 40, 37, 3)).astype("float32")
+    boxes = np.array([[0, 0, 40, 37], [3, 5, 20, 11], [10, 2, 7, 30], [1, 1, 39, 36]], "float32")
+    y = _np(
+        _ops.crop_resize(
+            current_backend(), keras.ops.convert_to_tensor(x), boxes, *out_size, interpolation
+        )
+    )
+    for n in range(len(x)):
+        reference = _pil_crop_resize(x[n], boxes[n], *out_size, interpolation)
+        np.testing.assert_allclose(y[n], reference, atol=2e-5)
+
+
+def test_bicubic_layer_is_clipped_and_serialised():
+    # A checkerboard overshoots under a cubic filter; the layer clips it back to [0, 1].
+    board = np.indices((16, 16)).sum(0) % 2
+    x = np.repeat(board[None, :, :, None], 3, axis=-1).astype("float32")
+    crop = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0)
+    raw = _np(
+        _ops.crop_resize(current_backend(), x, np.array([[0, 0, 16, 16]], "float32"), 24, 24,
+                         "bicubic")
+    )  # fmt: skip
+    assert raw.min() < -0.05 and raw.max() > 1.05
+    layer = RandomResizedCrop(24, 24, interpolation="bicubic", **crop)
+    np.testing.assert_allclose(_np(layer(x)), np.clip(raw, 0.0, 1.0), atol=1e-6)
+    config = layer.get_config()
+    assert config["interpolation"] == "bicubic"
+    assert RandomResizedCrop.from_config(config).interpolation == "bicubic"
+    assert RandomResizedCrop(8, 8).interpolation == "bilinear"
+    with pytest.raises(ValueError, match="`interpolation` must be one of"):
+        RandomResizedCrop(8, 8, interpolation="area")

@@ -149,6 +149,10 @@ def test_simclr_seeds_and_small_images():
         "GaussianBlur",
     ]
     assert full[-1].kernel_size == 23 and full[-1].probability == 0.5
+    assert full[0].interpolation == "bicubic"  # the official TensorFlow code's crop
+    bilinear = SimCLRAugment(16, interpolation="bilinear")
+    assert bilinear.get_config()["interpolation"] == "bilinear"
+    assert all(p.layers[0].interpolation == "bilinear" for p in bilinear.pipelines)
 
 
 def test_tf_data_pipeline():

@@ -100,6 +100,7 @@ def test_moco_v2_pipelines():
     crop = _layer(view_1, RandomResizedCrop)
     assert (crop.height, crop.width) == (224, 224)
     np.testing.assert_allclose(crop.scale, (0.2, 1.0))
+    assert crop.interpolation == "bilinear"  # torchvision's default, as main_moco.py
     jitter = _layer(view_1, ColorJitter)
     np.testing.assert_allclose(
         [jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue],
@@ -124,6 +125,7 @@ def _check_asymmetric_pair(view_1, view_2, crop_scale, size):
         crop = _layer(pipeline, RandomResizedCrop)
         assert (crop.height, crop.width) == (size, size)
         np.testing.assert_allclose(crop.scale, crop_scale)
+        assert crop.interpolation == "bicubic"  # BYOL Appendix B; DINO's Image.BICUBIC
         assert _layer(pipeline, RandomHorizontalFlip).probability == 0.5
         jitter = _layer(pipeline, ColorJitter)
         np.testing.assert_allclose(
@@ -150,7 +152,7 @@ def test_byol_and_dino_pipelines():
     assert _layer(dino.pipelines[0], GaussianBlur).kernel_size == 23
     for local in dino.pipelines[2:]:
         crop = _layer(local, RandomResizedCrop)
-        assert (crop.height, crop.width) == (96, 96)
+        assert (crop.height, crop.width) == (96, 96) and crop.interpolation == "bicubic"
         np.testing.assert_allclose(crop.scale, (0.05, 0.4))
         blur = _layer(local, GaussianBlur)
         assert (blur.probability, blur.kernel_size) == (0.5, 9)
@@ -163,6 +165,25 @@ def test_byol_and_dino_pipelines():
     _check_asymmetric_pair(dinov2.pipelines[0], dinov2.pipelines[1], (0.32, 1.0), 224)
     local = _layer(dinov2.pipelines[2], RandomResizedCrop)
     assert (local.height, local.scale) == (98, (0.05, 0.32)) and dinov2.num_views == 10
+    assert local.interpolation == "bicubic"
+
+
+@pytest.mark.parametrize(
+    "make, default",
+    [
+        (lambda **kw: MoCoV2Augment(16, **kw), "bilinear"),
+        (lambda **kw: BYOLAugment(16, **kw), "bicubic"),
+        (lambda **kw: DINOMultiCrop(16, 8, num_local_crops=1, **kw), "bicubic"),
+    ],
+)
+def test_interpolation_option(make, default):
+    other = {"bilinear": "bicubic", "bicubic": "bilinear"}[default]
+    for interpolation, augment in ((default, make()), (other, make(interpolation=other))):
+        assert augment.get_config()["interpolation"] == interpolation
+        for pipeline in augment.pipelines:
+            assert _layer(pipeline, RandomResizedCrop).interpolation == interpolation
+    with pytest.raises(ValueError, match="`interpolation` must be one of"):
+        make(interpolation="nearest")
 
 
 def _gaussian_blur_2d(image, sigma, taps):
