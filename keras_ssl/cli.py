@@ -258,8 +258,11 @@ def build_model(
 
 
 def _pixels(images):
-    flat = images.reshape(len(images), -1).astype("float32")
-    return flat / 255.0 if images.dtype == "uint8" else flat
+    import numpy as np
+
+    from keras_ssl.augment._base import to_unit_float
+
+    return np.asarray(to_unit_float(images), "float32").reshape(len(images), -1)
 
 
 def _evaluate(train_features, y_train, test_features, y_test, seed):

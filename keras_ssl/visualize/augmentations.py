@@ -6,6 +6,8 @@ import matplotlib
 import numpy as np
 from keras import ops
 
+from keras_ssl.augment._base import to_unit_float
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -55,7 +57,7 @@ def augmentation_grid(recipe, images, path, title=None):
     if not isinstance(outputs, (tuple, list)):
         outputs = [outputs]
     views = [np.asarray(ops.convert_to_numpy(ops.cast(v, "float32"))) for v in outputs]
-    shown = original.astype("float32") / 255.0 if original.dtype == np.uint8 else original
+    shown = to_unit_float(original)
     columns = [shown, *views]
     n = len(original)
     figure, axes = plt.subplots(
