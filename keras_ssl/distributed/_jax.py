@@ -19,6 +19,17 @@ def replica_id():
     return 0
 
 
+def batch_shards():
+    """Devices the global batch is split over, in contiguous blocks, by the current
+    distribution's batch axis (1 without a distribution)."""
+    distribution = keras.distribution.distribution()
+    name = getattr(distribution, "batch_dim_name", None)
+    if name is None or name not in distribution.device_mesh.axis_names:
+        return 1
+    mesh = distribution.device_mesh
+    return int(mesh.shape[mesh.axis_names.index(name)])
+
+
 def start(num_devices=None):
     """Sets a global `keras.distribution.DataParallel` over the first `num_devices` devices."""
     devices = keras.distribution.list_devices()

@@ -22,6 +22,11 @@ def _context():
     return context
 
 
+def batch_shards():
+    """1: each replica's step sees its own shard of the batch only."""
+    return 1
+
+
 def world_size():
     context = _context()
     return 1 if context is None else context.num_replicas_in_sync

@@ -60,6 +60,29 @@ def replica_id():
     return _impl.replica_id()
 
 
+def batch_shard_ids(batch_size, min_per_device=1):
+    """`(batch_size,)` int32 index of the device each sample of the step's batch is on, or
+    None when the step's program holds one device's samples only.
+
+    Only JAX's `DataParallel` gives indices: there one program sees the whole global batch,
+    split over the devices of the mesh's batch axis in contiguous blocks. On TensorFlow and
+    PyTorch each replica runs its own step on its own shard (None). Losses with
+    `gather_distributed=False` mask pairs across devices with it, to keep to one device's
+    samples on every backend; they need `min_per_device` samples on each device.
+    """
+    shards = _impl.batch_shards()
+    if shards == 1:
+        return None
+    if batch_size % shards or batch_size // shards < min_per_device:
+        raise ValueError(
+            f"A batch of {batch_size} does not split into {shards} equal shards of at least "
+            f"{min_per_device} samples, one per device of the distribution's batch axis. "
+            f"Use a batch size that is a multiple of {shards}, at least "
+            f"{shards * min_per_device}."
+        )
+    return ops.arange(batch_size, dtype="int32") // (batch_size // shards)
+
+
 def all_gather(x, axis=0):
     """Concatenates every replica's `x` along `axis`, in replica order.
 

@@ -30,7 +30,8 @@ def koleo_loss(embeddings, eps=1e-8, gather_distributed=True):
             nearest neighbour among the embeddings of the whole global batch
             (gathered from every replica, gradients flowing back), so that the loss
             equals one device's on the global batch; `False` keeps the search within
-            the replica's batch (DINOv2's code). No effect on one device.
+            each device's samples (DINOv2's code), on every engine, JAX's
+            `DataParallel` included. No effect on one device.
 
     Returns:
         A float32 scalar.
@@ -55,12 +56,18 @@ def koleo_loss(embeddings, eps=1e-8, gather_distributed=True):
         n = ops.shape(x)[0]
         own = ops.cast(distributed.replica_id(), "int32") * n + ops.arange(n, dtype="int32")
         columns = ops.arange(ops.shape(candidates)[0], dtype="int32")
-        is_self = ops.equal(ops.expand_dims(own, 1), ops.expand_dims(columns, 0))
+        excluded = ops.equal(ops.expand_dims(own, 1), ops.expand_dims(columns, 0))
     else:
         candidates = x
-        is_self = ops.eye(ops.shape(x)[0], dtype="bool")
+        excluded = ops.eye(ops.shape(x)[0], dtype="bool")
+        shard = None
+        if not gather_distributed:
+            shard = distributed.batch_shard_ids(x.shape[0], min_per_device=2)
+        if shard is not None:  # JAX DataParallel: neighbours on the same device only
+            other_device = ops.not_equal(ops.expand_dims(shard, 1), ops.expand_dims(shard, 0))
+            excluded = ops.logical_or(excluded, other_device)
     similarity = ops.stop_gradient(ops.matmul(x, ops.transpose(candidates)))
-    similarity = ops.where(is_self, -3.0, similarity)
+    similarity = ops.where(excluded, -3.0, similarity)
     neighbour = ops.take(candidates, ops.argmax(similarity, axis=1), axis=0)
     squared = ops.sum(ops.square(x - neighbour), axis=1)
     # The floor keeps sqrt's gradient finite for duplicates; it is far below eps.

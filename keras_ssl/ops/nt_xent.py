@@ -54,7 +54,15 @@ def _global_similarities(z_a, z_b, temperature):
 def _similarities(z_a, z_b, temperature, gather_distributed):
     if gather_distributed and distributed.world_size() > 1:
         return _global_similarities(z_a, z_b, temperature)
-    return _joint_similarities(z_a, z_b, temperature)
+    logits, positive_mask = _joint_similarities(z_a, z_b, temperature)
+    shard = None
+    if not gather_distributed:
+        shard = distributed.batch_shard_ids(z_a.shape[0], min_per_device=2)
+    if shard is not None:  # JAX DataParallel: keep to the anchor's device's views
+        shard = ops.concatenate([shard, shard], axis=0)
+        other_device = ops.not_equal(ops.expand_dims(shard, 1), ops.expand_dims(shard, 0))
+        logits = ops.where(other_device, ops.cast(-1e9, logits.dtype), logits)
+    return logits, positive_mask
 
 
 def nt_xent_loss(z_a, z_b, temperature=0.5, gather_distributed=True):
@@ -83,7 +91,9 @@ def nt_xent_loss(z_a, z_b, temperature=0.5, gather_distributed=True):
             anchors with the views of the whole global batch (gathered from all
             replicas, `keras_ssl.ops.distributed.all_gather`), so that the loss
             and its gradient equal one device's on the global batch; `False` keeps
-            the negatives local. No effect on one device.
+            the negatives local, each device's anchors contrasted with that device's
+            views only (the loss is then the mean of the devices' losses), on every
+            engine, JAX's `DataParallel` included. No effect on one device.
 
     Returns:
         A float32 scalar.
