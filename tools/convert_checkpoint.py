@@ -12,8 +12,9 @@ Two kinds of checkpoints:
 * a DINO full checkpoint (``*_full_checkpoint.pth``: ``student``, ``teacher``, ``epoch``,
   ``args``, ``dino_loss.center``) with ``--method dino`` -> a ``keras_ssl.DINO`` preset
   (student and teacher backbones and heads, centre) to continue pretraining with
-  ``keras_ssl.from_preset(<output>, task="pretraining")``. The optimizer state is not
-  converted (recompile; the epoch is recorded in ``metadata.json``).
+  ``keras_ssl.from_preset(<output>, task="pretraining")``. The head's sizes and depth are
+  read from its weights, the loss and schedule options from ``args`` (``DINO_ARGS``). The
+  optimizer state is not converted (recompile; the epoch is recorded in ``metadata.json``).
 
 The architecture comes from ``--card`` (a registered preset: its backbone, converter,
 preprocessing, licence and scores) or from ``--converter`` with ``--architecture`` /
@@ -65,6 +66,32 @@ def _args_dict(args):
     if args is None:
         return {}
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+
+
+# main_dino.py's ``args`` that shape the DINO loss and schedules -> keras_ssl.DINO options.
+# The head's sizes come from the weights; ``arch`` / ``patch_size`` from the card or
+# ``--architecture`` (``patch_size`` is checked); ``drop_path_rate``, ``local_crops_number``
+# and the crop scales, ``epochs``, ``lr``, ``clip_grad``, ``optimizer`` and ``use_fp16`` have
+# no DINO option (the augmenter, fit and compile set them) and stay in the metadata.
+DINO_ARGS = {
+    "norm_last_layer": ("norm_last_layer", bool),
+    "warmup_teacher_temp": ("warmup_teacher_temperature", float),
+    "teacher_temp": ("teacher_temperature", float),
+    "warmup_teacher_temp_epochs": ("warmup_teacher_temperature_epochs", int),
+    "momentum_teacher": ("momentum", float),
+    "weight_decay": ("weight_decay", float),
+    "weight_decay_end": ("final_weight_decay", float),
+    "freeze_last_layer": ("freeze_last_layer_epochs", int),
+}
+# Constants of main_dino.py: DINOLoss's student_temp and center_momentum, and the end of the
+# teacher momentum's cosine schedule.
+DINO_CONSTANTS = {"student_temperature": 0.1, "center_momentum": 0.9, "final_momentum": 1.0}
+
+
+def _metadata_value(value):
+    if isinstance(value, (int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
 
 
 def backbone_spec(card, converter, architecture, backbone_config, backbone_class):
@@ -153,23 +180,30 @@ def convert_dino_full(checkpoint, output, card, converter, config, backbone_clas
     if missing:
         raise SystemExit(f"Not a DINO full checkpoint: no {missing} (keys: {sorted(checkpoint)}).")
     args = _args_dict(checkpoint.get("args"))
+    if "vit" in str(args.get("arch", "")) and "patch_size" in args and "patch_size" in config:
+        if int(args["patch_size"]) != int(config["patch_size"]):
+            raise SystemExit(
+                f"The checkpoint was trained with {args['arch']} patch_size {args['patch_size']}, "
+                f"the backbone config has patch_size {config['patch_size']}."
+            )
     student = strip(to_numpy(checkpoint["student"]), "module.") or to_numpy(checkpoint["student"])
     teacher = to_numpy(checkpoint["teacher"])
     teacher = (
         strip(teacher, "module.") if any(k.startswith("module.") for k in teacher) else teacher
     )
-    head_shape = student[
-        "head.last_layer.weight_v"
-        if "head.last_layer.weight_v" in student
-        else "head.last_layer.parametrizations.weight.original1"
-    ].shape
+    head = dino_head.head_config(strip(student, "head."))
     kwargs = {
-        "output_dim": int(args.get("out_dim", head_shape[0])),
-        "bottleneck_dim": int(head_shape[1]),
-        "hidden_dim": int(student["head.mlp.0.weight"].shape[0]),
-        "use_bn_in_head": bool(args.get("use_bn_in_head", False)),
-        "norm_last_layer": bool(args.get("norm_last_layer", True)),
+        "output_dim": head["output_dim"],
+        "bottleneck_dim": head["bottleneck_dim"],
+        "head_layers": head["num_layers"],
+        "use_bn_in_head": head["use_bn"],
+        **DINO_CONSTANTS,
     }
+    if "hidden_dim" in head:
+        kwargs["hidden_dim"] = head["hidden_dim"]
+    for arg, (option, kind) in DINO_ARGS.items():
+        if arg in args:
+            kwargs[option] = kind(args[arg])
     kwargs.update(dino_kwargs)
     model = keras_ssl.DINO(build_backbone(backbone_class, config), **kwargs)
     convert = converters.get(converter).convert_weights
@@ -186,7 +220,11 @@ def convert_dino_full(checkpoint, output, card, converter, config, backbone_clas
         {
             "method": "DINO",
             "epochs": int(checkpoint["epoch"]) if "epoch" in checkpoint else None,
-            "original_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str))},
+            "original_args": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in args.items()
+                if _metadata_value(v)
+            },
             "converted_with": "tools/convert_checkpoint.py --method dino",
             "note": "optimizer state not converted: compile before continuing pretraining",
         },

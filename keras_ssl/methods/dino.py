@@ -50,6 +50,8 @@ class DINO(ContrastiveTrainer):
             helps ViT-B stability in the paper).
         use_bn_in_head: batch norm in the head's MLP (False for ViT, True for ResNet in
             the official code).
+        head_layers: Linear layers of the head's MLP, the official `nlayers` (3; with 1
+            the MLP is one Linear to the bottleneck and `hidden_dim` is unused).
         student_temperature: `tau_s` (0.1).
         warmup_teacher_temperature, teacher_temperature: `tau_t` in the first epoch and
             after the warm-up (0.04 -> 0.07).
@@ -86,6 +88,7 @@ class DINO(ContrastiveTrainer):
         bottleneck_dim=256,
         norm_last_layer=True,
         use_bn_in_head=False,
+        head_layers=3,
         student_temperature=0.1,
         warmup_teacher_temperature=0.04,
         teacher_temperature=0.07,
@@ -104,6 +107,7 @@ class DINO(ContrastiveTrainer):
         self.bottleneck_dim = bottleneck_dim
         self.norm_last_layer = norm_last_layer
         self.use_bn_in_head = use_bn_in_head
+        self.head_layers = int(head_layers)
         self.student_temperature = student_temperature
         self.warmup_teacher_temperature = warmup_teacher_temperature
         self.teacher_temperature = teacher_temperature
@@ -122,6 +126,7 @@ class DINO(ContrastiveTrainer):
             bottleneck_dim=bottleneck_dim,
             use_bn=use_bn_in_head,
             norm_last_layer=norm_last_layer,
+            num_layers=self.head_layers,
             name="head",
         )
         self.head.build((None, self.feature_dim))
@@ -295,6 +300,7 @@ class DINO(ContrastiveTrainer):
                     "bottleneck_dim",
                     "norm_last_layer",
                     "use_bn_in_head",
+                    "head_layers",
                     "student_temperature",
                     "warmup_teacher_temperature",
                     "teacher_temperature",

@@ -80,7 +80,7 @@ class DINOv2(DINO):
             masks=None, training)` returning `{"cls", "patches"}`), built with its mask
             token (`use_mask_token=True`, the default).
         augmenter, output_dim, hidden_dim, bottleneck_dim, norm_last_layer, use_bn_in_head,
-            student_temperature, warmup_teacher_temperature, teacher_temperature,
+            head_layers, student_temperature, warmup_teacher_temperature, teacher_temperature,
             warmup_teacher_temperature_epochs, center_momentum, weight_decay,
             final_weight_decay, freeze_last_layer_epochs: as `DINO` (DINOv2 defaults: 65536
             prototypes, `tau_t` 0.04 -> 0.07 over 30 epochs, warmed up by step as in
@@ -188,6 +188,7 @@ class DINOv2(DINO):
                 bottleneck_dim=ibot_bottleneck_dim or self.bottleneck_dim,
                 use_bn=self.use_bn_in_head,
                 norm_last_layer=self.norm_last_layer,
+                num_layers=self.head_layers,
                 name="patch_head",
             )
             self.patch_head.build((None, self.feature_dim))
