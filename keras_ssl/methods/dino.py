@@ -136,7 +136,7 @@ class DINO(ContrastiveTrainer):
             name="center", shape=(1, output_dim), initializer="zeros", trainable=False
         )
 
-    # ---- schedules, all driven by the optimizer's step counter ---------------------------
+    # ---- schedules, all driven by the trainer's step counter (`schedule_step`) -----------
     def current_teacher_temperature(self):
         """`tau_t` of the current step: a linear warm-up, then constant.
 
@@ -153,7 +153,7 @@ class DINO(ContrastiveTrainer):
 
     def _teacher_temperature_warmup(self):
         """`(epoch, warm-up epochs)`: DINO warms `tau_t` up by epoch, constant within one."""
-        epoch = ops.floor(ops.cast(self.optimizer.iterations, "float32") / self.epochs_to_steps(1))
+        epoch = ops.floor(ops.cast(self.steps_taken(), "float32") / self.epochs_to_steps(1))
         return epoch, self.warmup_teacher_temperature_epochs
 
     def teacher_momentum(self):
@@ -215,7 +215,7 @@ class DINO(ContrastiveTrainer):
         step.frozen = None
         held = [v for v, _ in self._scaled_variables()]
         if self.freeze_last_layer_epochs:
-            step.frozen = ops.cast(self.optimizer.iterations, "float32") < self.epochs_to_steps(
+            step.frozen = ops.cast(self.steps_taken(), "float32") < self.epochs_to_steps(
                 self.freeze_last_layer_epochs
             )
             held += [v for v in self.last_layer_variables() if v.trainable]

@@ -284,7 +284,7 @@ class DINOv2(DINO):
         """`(step, warm-up steps)`: DINOv2 warms `tau_t` up by step, as the linspace
         warm-up of its `CosineScheduler` (DINO does it by epoch)."""
         steps = self.epochs_to_steps(self.warmup_teacher_temperature_epochs)
-        return self.optimizer.iterations, ops.maximum(steps, 1.0)
+        return self.steps_taken(), ops.maximum(steps, 1.0)
 
     def teacher_probabilities(self, logits, center, temperature, training, valid=None):
         """Teacher distributions of `(B, K)` logits: Sinkhorn-Knopp, or centred + sharpened

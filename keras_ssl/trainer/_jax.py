@@ -107,7 +107,7 @@ class BackendStep:
         )
 
         pairs = self._stateless_pairs(trainable, non_trainable, optimizer_variables)
-        _, values = _run_stateless(self.after_optimizer_step, pairs)
+        _, values = _run_stateless(self._after_update, pairs)
         # The after-step may change trainable weights too (DINO's decoupled weight decay).
         trainable = values[:n_trainable]
         non_trainable = values[n_trainable : n_trainable + n_non_trainable]

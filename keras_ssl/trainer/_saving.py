@@ -17,6 +17,7 @@ import zipfile
 import keras
 
 SEED_STATE_PREFIX = "seed_state_"
+BATCH_COUNTER_KEY = "batches_trained"
 VERSION_KEY = "keras_ssl_version"
 
 

@@ -34,7 +34,7 @@ class BackendStep:
                 with distributed.gradients_already_reduced(self.optimizer):
                     self.optimizer.apply(gradients, trainable)
                 loss, logs = _replica_mean(loss, logs)
-            self.after_optimizer_step()
+            self._after_update()
             return self._update_trackers(loss, logs)
 
     def test_step(self, data):

@@ -39,7 +39,7 @@ class BackendStep:
         gradients = self.transform_gradients(gradients)
         with torch.no_grad():
             _apply_gradients(self.optimizer, gradients, trainable)
-            self.after_optimizer_step()
+            self._after_update()
         return self._update_trackers(loss, logs)
 
     def test_step(self, data):

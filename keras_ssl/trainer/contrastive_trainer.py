@@ -16,6 +16,7 @@ from keras_ssl.trainer._input_checks import (
     empty_data_error,
 )
 from keras_ssl.trainer._saving import (
+    BATCH_COUNTER_KEY,
     VERSION_KEY,
     check_config_version,
     current_version,
@@ -117,12 +118,17 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         self.augmenter = augmenter
         # The length of the run, for schedules (EMA momentum, temperatures): recorded from
         # `fit`'s epochs x steps when training begins, saved with the model so a resumed run
-        # continues the same schedule. The position is the optimizer's `iterations`.
+        # continues the same schedule. The position is `batches_trained` (`schedule_step`).
         self.total_steps = self.add_weight(
             name="total_steps", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
         self.steps_per_epoch = self.add_weight(
             name="steps_per_epoch", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
+        # Every train step's batch, the steps a loss scale skips included (the optimizer's
+        # `iterations` leaves them out), as the official code's `it`. Saved by name.
+        self.batches_trained = self.add_weight(
+            name="batches_trained", shape=(), dtype="int32", initializer="zeros", trainable=False
         )
         self._trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", *self.metric_names)
@@ -202,14 +208,24 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             (t, s) for t, s in zip(teacher.weights, student.weights, strict=True) if s.trainable
         ]
         accumulation = _accumulation_steps(self.optimizer)
-        if accumulation > 1:  # the counter of batches: an update on every k-th one
-            updated = ops.equal(_batch_counter(self.optimizer) % accumulation, 0)
-            momentum = ops.where(updated, momentum, 1.0)
+        if accumulation > 1:  # an update on every k-th batch (this one counted)
+            batches = ops.cast(self.batches_trained, "int32")
+            momentum = ops.where(ops.equal(batches % accumulation, 0), momentum, 1.0)
         ema_update([t for t, _ in pairs], [s for _, s in pairs], momentum)
+
+    def steps_taken(self):
+        """Optimizer steps of the run so far (int32): in the forward pass, the index of the
+        current step. The batches trained, over `k` under gradient accumulation, with the
+        steps a loss scale skipped, as the official code's iteration counter, so that the
+        schedules keep to the run's length; the optimizer's `iterations` (which Keras's
+        learning-rate schedules read) leaves those out.
+        """
+        batches = ops.maximum(ops.cast(self.batches_trained, "int32"), 0)
+        return batches // _accumulation_steps(self.optimizer)
 
     def schedule_step(self):
         """Index of the optimizer step just taken (0 for the first), for `after_optimizer_step`."""
-        return ops.maximum(ops.cast(self.optimizer.iterations, "int32") - 1, 0)
+        return ops.maximum(self.steps_taken() - 1, 0)
 
     def schedule_length(self):
         """Total steps of the run (`fit`'s epochs x steps per epoch), at least 1."""
@@ -406,6 +422,11 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             )
         return loss, logs
 
+    def _after_update(self):
+        """The end of every train step, after the optimizer's update (every backend)."""
+        self.batches_trained.assign_add(ops.ones((), "int32"))
+        self.after_optimizer_step()
+
     def _update_trackers(self, loss, logs):
         self._trackers["loss"].update_state(loss)
         for name, value in logs.items():
@@ -422,13 +443,32 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         with reraise_corrupt_file_errors(filepath):
             return super().load_weights(filepath, *args, **kwargs)
 
+    def _indexed_own_variables(self):
+        """The own variables saved by index, in Keras's order: all but `batches_trained`."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        return [v for v in variables if v is not self.batches_trained]
+
     def save_own_variables(self, store):
-        super().save_own_variables(store)
+        for index, variable in enumerate(self._indexed_own_variables()):
+            store[f"{index}"] = variable
+        # By name, so files written before it existed keep their layout.
+        store[BATCH_COUNTER_KEY] = ops.convert_to_numpy(self.batches_trained)
         save_seed_states(self, store)  # augmentation and mask RNGs: a resumed run continues them
 
     def load_own_variables(self, store):
         own, seeds = split_seed_states(store)
-        super().load_own_variables(own)
+        batches = own.pop(BATCH_COUNTER_KEY, None)
+        variables = self._indexed_own_variables()
+        if len(own) != len(variables):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has {len(variables)} variables of its own "
+                f"({[v.name for v in variables]}), the file holds {len(own)}: it was saved from "
+                "another method or configuration."
+            )
+        for index, variable in enumerate(variables):
+            variable.assign(own[f"{index}"])
+        # Saved before the counter existed: -1 until `fit` derives it (`_RecordTotalSteps`).
+        self.batches_trained.assign(-1 if batches is None else batches)
         load_seed_states(self, seeds)
 
     def get_config(self):
@@ -474,12 +514,6 @@ def _accumulation_steps(optimizer):
     return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
 
 
-def _batch_counter(optimizer):
-    """The optimizer's own step counter: it counts batches, and under gradient accumulation
-    `iterations` (the updates) is derived from it."""
-    return getattr(optimizer, "inner_optimizer", optimizer)._iterations
-
-
 def _holds_uint16_arrays(x):
     """Whether `x` is a NumPy `uint16` array, or a tuple or list of views holding one."""
     arrays = x if isinstance(x, (tuple, list)) else [x]
@@ -507,13 +541,13 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     """Stores the run's length and its steps per epoch in the model, counts the epochs and
     batches that ran, and tells the data each epoch's number (`set_epoch`).
 
-    The run's length is the optimizer steps taken before this `fit` plus the steps it has
-    left: `iterations + steps x (epochs - first epoch)` (under gradient accumulation over `k`
-    batches, the batches run and left divided by `k`). It is taken at the first epoch this
-    `fit` runs, after `initial_epoch` or `BackupAndRestore` has placed it, so a resumed run
-    keeps the length of the run it resumes, and a second `fit` extends the schedules over
-    its own steps instead of finding them at their end. A `fit` that ends or fails before
-    its first batch has run puts them back (`undo_if_no_step`).
+    The run's length is the steps taken before this `fit` plus the steps it has left:
+    `batches_trained + steps x (epochs - first epoch)` (under gradient accumulation over `k`
+    batches, divided by `k`), the steps a loss scale skipped included. It is taken at the
+    first epoch this `fit` runs, after `initial_epoch` or `BackupAndRestore` has placed it,
+    so a resumed run keeps the length of the run it resumes, and a second `fit` extends the
+    schedules over its own steps instead of finding them at their end. A `fit` that ends or
+    fails before its first batch has run puts them back (`undo_if_no_step`).
     """
 
     training_began = False
@@ -534,7 +568,11 @@ class _RecordTotalSteps(keras.callbacks.Callback):
         return self.model.total_steps, self.model.steps_per_epoch
 
     def _step_counter(self):
-        return _batch_counter(self.model.optimizer)
+        model = self.model
+        if _as_int(model.batches_trained) < 0:  # loaded from a file saved before the counter
+            batches = _as_int(model.optimizer.iterations) * _accumulation_steps(model.optimizer)
+            model.batches_trained.assign(batches)
+        return model.batches_trained
 
     def undo_if_no_step(self):
         """Puts back the run's length this `fit` replaced, if no batch ran."""
@@ -555,7 +593,7 @@ class _RecordTotalSteps(keras.callbacks.Callback):
         model = self.model
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         self._replaced = tuple(_as_int(v) for v in self._run_length())
-        done = _as_int(model.optimizer.iterations)
+        done = _as_int(self._step_counter()) // _accumulation_steps(model.optimizer)
         if steps and epochs:
             # In optimizer steps: one every `k` batches under gradient accumulation.
             batches = _as_int(self._step_counter()) + int(steps) * (int(epochs) - epoch)

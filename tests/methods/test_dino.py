@@ -89,7 +89,7 @@ def test_teacher_temperature_warms_up_by_epoch_as_the_official_code():
     model.steps_per_epoch.assign(3)
     expected = _official_teacher_temperatures(0.04, 0.07, 4, epochs=6)
     for step in range(18):
-        model.optimizer.iterations.assign(step)
+        model.batches_trained.assign(step)
         got = float(model.current_teacher_temperature())
         np.testing.assert_allclose(got, expected[step // 3], rtol=1e-6, err_msg=f"step {step}")
 
@@ -162,7 +162,7 @@ def test_weight_decay_schedule_shrinks_weights_not_biases():
     model.compile(optimizer=keras.optimizers.SGD(0.2))
     model.optimizer.build(model.trainable_variables)
     model.total_steps.assign(4)
-    model.optimizer.iterations.assign(3)  # the step just taken has index 2 of 4
+    model.batches_trained.assign(3)  # the step just taken has index 2 of 4
     before = {w.path: ops.convert_to_numpy(w) for w in model.backbone.trainable_weights}
     model.after_optimizer_step()
     wd = 0.1 - (0.1 - 0.5) * (1 + np.cos(np.pi * 2 / 4)) / 2

@@ -255,7 +255,7 @@ def test_teacher_temperature_warms_up_by_step_as_the_official_code():
     model.steps_per_epoch.assign(3)
     expected = np.concatenate((np.linspace(0.04, 0.07, 6), np.full(4, 0.07)))
     for step, value in enumerate(expected):
-        model.optimizer.iterations.assign(step)
+        model.batches_trained.assign(step)
         got = float(model.current_teacher_temperature())
         np.testing.assert_allclose(got, value, rtol=1e-6, err_msg=f"step {step}")
 
