@@ -243,13 +243,13 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         return batches / accumulation if accumulation > 1 else batches
 
     def fit(self, *args, callbacks=None, **kwargs):
-        x = args[0] if args else kwargs.get("x")
-        if _holds_uint16_arrays(x):  # Keras's torch backend would make them int32 tensors
-            x = keras.tree.map_structure(to_unit_float, x)
+        data = args[0] if args else kwargs.get("x")
+        x = _uint16_images_to_unit_float(data)
+        if x is not data:
             args, kwargs = ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "x": x})
         batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
         check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
-        recorder = _RecordTotalSteps(x)
+        recorder = _RecordTotalSteps(data)  # the user's data set, which may order the epochs
         # First, so that its `on_train_batch_end` counts a step before another callback raises.
         callbacks = [recorder, *(callbacks or [])]
         try:
@@ -514,10 +514,32 @@ def _accumulation_steps(optimizer):
     return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
 
 
-def _holds_uint16_arrays(x):
-    """Whether `x` is a NumPy `uint16` array, or a tuple or list of views holding one."""
+def _uint16_images_to_unit_float(x):
+    """`x` with its `uint16` images converted to float32 in [0, 1] before Keras sees them,
+    or `x` itself: Keras's torch backend turns `uint16` into `int32` tensors, which would
+    then be read as 8-bit values. NumPy arrays (or tuples and lists of views) are converted
+    on every backend; a `tf.data` set with `uint16` elements gets a `map` on torch."""
     arrays = x if isinstance(x, (tuple, list)) else [x]
-    return any(isinstance(a, np.ndarray) and a.dtype == np.uint16 for a in arrays)
+    if any(isinstance(a, np.ndarray) and a.dtype == np.uint16 for a in arrays):
+        return keras.tree.map_structure(to_unit_float, x)
+    if keras.backend.backend() != "torch" or not _is_tf_dataset(x):
+        return x
+    import tensorflow as tf
+
+    if not any(spec.dtype == tf.uint16 for spec in tf.nest.flatten(x.element_spec)):
+        return x
+
+    def convert(*element):
+        element = element[0] if len(element) == 1 else element
+        return tf.nest.map_structure(
+            lambda t: to_unit_float(t) if t.dtype == tf.uint16 else t, element
+        )
+
+    return x.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _is_tf_dataset(x):
+    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
 
 
 def _as_int(variable):

@@ -173,6 +173,14 @@ def test_uint16_images_are_scaled_by_their_range():
     from_floats = _simclr()
     loss = from_floats.fit(expected, batch_size=BATCH, verbose=0, shuffle=False).history["loss"]
     np.testing.assert_allclose(loss16, loss, rtol=1e-5)
+    # The same through tf.data (on torch, fit maps the uint16 batches to floats first).
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    from_dataset = _simclr()
+    dataset = tf.data.Dataset.from_tensor_slices(wide).batch(BATCH)
+    loss_ds = from_dataset.fit(dataset, verbose=0).history["loss"]
+    np.testing.assert_allclose(loss_ds, loss, rtol=1e-5)
 
 
 def test_nan_and_inf_images():
