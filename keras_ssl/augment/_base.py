@@ -4,7 +4,9 @@ This is the ONLY module that imports Keras-private symbols (``DataLayer`` and
 ``DynamicBackend``); every other module of :mod:`keras_ssl.augment` goes through here.
 """
 
+import contextvars
 import json
+import numbers
 
 import keras
 import numpy as np
@@ -16,9 +18,12 @@ from keras.src.utils.jax_utils import is_in_jax_tracing_scope
 __all__ = [
     "AugmentationLayer",
     "DataLayer",
+    "check_channels_last",
+    "config_without_sublayers",
     "current_backend",
     "derive_seed",
     "to_unit_float",
+    "unit_range_error",
 ]
 
 
@@ -79,6 +84,79 @@ def to_unit_float(x):
     return keras.ops.divide(keras.ops.cast(x, "float32"), scale)
 
 
+# How far float images may stray outside [0, 1] (rounding error) before they are refused.
+UNIT_RANGE_TOLERANCE = 1e-3
+
+
+def unit_range_error(low, high, subject):
+    """The ``ValueError`` for float images whose values span ``[low, high]`` beyond [0, 1]
+    (past rounding error), with the fix; None when they lie in [0, 1] (or are NaN).
+
+    ``subject`` names what needs the range: ``"the augmentation"`` for ``fit``'s check of
+    its data, a layer's class name for an augmentation layer's check of its input.
+    """
+    if not (low < -UNIT_RANGE_TOLERANCE or high > 1.0 + UNIT_RANGE_TOLERANCE):
+        return None
+    hint = (
+        "They look like 0-255 pixel values: divide them by 255 (`x / 255.0`) or pass "
+        "them as uint8, which is scaled for you."
+        if high > 10.0
+        else "Pass unnormalised images in [0, 1]: normalise after augmenting, not before."
+    )
+    return ValueError(
+        f"Float images must lie in [0, 1] for {subject} (colour jitter, solarize and "
+        f"grayscale assume it), got values in [{low:g}, {high:g}]. {hint}"
+    )
+
+
+def check_channels_last(shape, layer_name):
+    """Refuses images whose static ``shape`` looks channels-first: ``(N, C, H, W)`` (or
+    ``(C, H, W)``) with C 1 or 3 and a last dimension that is neither. Any other shape, or
+    one not known statically, passes (the layers' own checks see it)."""
+    try:
+        shape = tuple(shape)
+    except (TypeError, ValueError):  # a TensorShape of unknown rank
+        return
+    if len(shape) not in (3, 4) or shape[-1] is None or shape[-1] in (1, 3):
+        return
+    if shape[-3] not in (1, 3):
+        return
+    if len(shape) == 4:
+        fix = (
+            "channels_last images (N, H, W, C). Transpose them first: "
+            "`np.transpose(images, (0, 2, 3, 1))`, or `keras.ops.transpose(images, "
+            "(0, 2, 3, 1))` for tensors."
+        )
+    else:
+        fix = (
+            "channels_last images (H, W, C). Transpose it first: `np.transpose(image, "
+            "(1, 2, 0))`, or `keras.ops.transpose(image, (1, 2, 0))` for a tensor. (A batch "
+            "of single-channel images without a channel axis, (N, H, W), needs one: "
+            "`images[..., None]`.)"
+        )
+    layout = "(N, C, H, W)" if len(shape) == 4 else "(C, H, W)"
+    raise ValueError(
+        f"{layer_name} got images of shape {shape}, which look channels_first {layout}: "
+        f"keras_ssl's augmentations take {fix}"
+    )
+
+
+def _host_images(inputs):
+    """A Python list of pixel values (nested lists of numbers or NumPy arrays) as one NumPy
+    array, so that it is checked like one and its integers are scaled by `to_unit_float`
+    like a NumPy integer image's (floats become float32); anything else, a list of tensors
+    included, unchanged."""
+    if not isinstance(inputs, list):
+        return inputs
+    first = inputs
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if not isinstance(first, (numbers.Number, np.ndarray, np.generic)):
+        return inputs
+    array = np.asarray(inputs)
+    return array.astype("float32") if array.dtype.kind == "f" else array
+
+
 def check_probability(name, value):
     value = float(value)
     if not 0.0 <= value <= 1.0:
@@ -99,13 +177,46 @@ def _strip_layer_names(config):
     return config
 
 
-def _fully_described_by_config(layer):
-    """Whether `layer` and every layer inside it are keras_ssl augmentations, whose configs
-    hold everything they compute with (a user's layer may keep state outside its config)."""
-    return all(
-        type(inner).__module__.startswith("keras_ssl.augment")
-        for inner in layer._flatten_layers(include_self=True, recursive=True)
-    )
+_CONFIG_WITHOUT_SUBLAYERS = contextvars.ContextVar("config_without_sublayers", default=False)
+
+
+def config_without_sublayers():
+    """Whether ``get_config`` is being asked for a layer's own arguments only: a container
+    then leaves out the configs of the layers it holds. `_StaticLayer` asks so, as its key
+    holds each layer of the tree with its own arguments."""
+    return _CONFIG_WITHOUT_SUBLAYERS.get()
+
+
+def _own_config_key(layer):
+    """JSON of ``layer``'s own arguments (names and seeds aside), cached on the layer until
+    one of its attributes is set (`AugmentationLayer.__setattr__` drops the cache)."""
+    key = layer.__dict__.get("_own_config_json")
+    if key is None:
+        token = _CONFIG_WITHOUT_SUBLAYERS.set(True)
+        try:
+            config = layer.get_config()
+        finally:
+            _CONFIG_WITHOUT_SUBLAYERS.reset(token)
+        key = json.dumps(_strip_layer_names(config), sort_keys=True, default=str)
+        object.__setattr__(layer, "_own_config_json", key)
+    return key
+
+
+def _tree_key(layer):
+    """``(class, own arguments, keys of the layers inside it)`` for a tree of keras_ssl
+    augmentations; None if the tree holds any other layer (a user's layer may keep state
+    outside its config)."""
+    if not isinstance(layer, AugmentationLayer) or not type(layer).__module__.startswith(
+        "keras_ssl.augment"
+    ):
+        return None
+    inner_keys = []
+    for inner in layer._layers:
+        inner_key = _tree_key(inner)
+        if inner_key is None:
+            return None
+        inner_keys.append(inner_key)
+    return (type(layer), _own_config_key(layer), tuple(inner_keys))
 
 
 class _StaticLayer:
@@ -114,29 +225,23 @@ class _StaticLayer:
     keras_ssl augmentations with the same class and configuration (names and seeds aside: a
     seed only sets the initial random state, which is passed in) compute the same pure
     function of (random state, images), so they share one compiled function. The key holds
-    the class and configuration of every layer in the tree, not only the outer one's: a
-    recipe's config holds only the recipe's arguments, so a sub-layer changed after
-    construction (``probability`` set on one of its layers) must make a key of its own, or
-    the call would run a function traced from the unchanged pipeline. Any other layer, or a
-    pipeline holding one, has a compiled function of its own.
+    every layer of the tree, each with its own arguments (a container's without its
+    sub-layers', which come as keys of their own): a recipe's config holds only the
+    recipe's arguments, so a sub-layer changed after construction (``probability`` set on
+    one of its layers) must make a key of its own, or the call would run a function traced
+    from the unchanged pipeline. Each layer's part of the key is cached on it until one of
+    its attributes is set, so an eager call serialises no config; configuration attributes
+    are replaced, never changed in place. Any other layer, or a pipeline holding one, has a
+    compiled function of its own.
     """
 
     def __init__(self, layer):
         self.layer = layer
-        self.key = (type(layer), id(layer))
-        if _fully_described_by_config(layer):
-            try:
-                self.key = tuple(
-                    (
-                        type(inner),
-                        json.dumps(
-                            _strip_layer_names(inner.get_config()), sort_keys=True, default=str
-                        ),
-                    )
-                    for inner in layer._flatten_layers(include_self=True, recursive=True)
-                )
-            except Exception:  # an unserialisable layer keeps its own compiled function
-                pass
+        try:
+            key = _tree_key(layer)
+        except Exception:  # an unserialisable layer keeps its own compiled function
+            key = None
+        self.key = (type(layer), id(layer)) if key is None else key
 
     def __hash__(self):
         return hash(self.key)
@@ -166,6 +271,10 @@ class AugmentationLayer(DataLayer):
     ``self.backend.*`` ops only, and draw randomness with ``self.uniform(shape)``.
     Integer inputs are converted to float32 in [0, 1] by :func:`to_unit_float` (``uint16``
     divided by 65535, other integer dtypes by 255); 3-D (unbatched) inputs are accepted.
+    Images are channels-last: a shape that looks channels-first (``(N, 1 or 3, H, W)`` with
+    a last dimension other than 1 or 3) is refused, with the transpose that fixes it. Float
+    images must lie in [0, 1]; host data (a NumPy array or a Python list) outside it is
+    refused with the fix, backend tensors are not checked (it would wait for the device).
     Augmentations are always applied (there is no ``training`` flag): self-supervised
     pipelines call them explicitly.
     """
@@ -217,11 +326,33 @@ class AugmentationLayer(DataLayer):
         return self.backend.numpy.where(mask, when_true, when_false)
 
     # -- Keras plumbing ------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        # A changed argument changes this layer's part of the jit-cache key (`_StaticLayer`).
+        self.__dict__.pop("_own_config_json", None)
+        super().__setattr__(name, value)
+
     def __call__(self, inputs, **kwargs):
+        inputs = _host_images(inputs)
+        self._check_images(inputs)
         inputs = to_unit_float(inputs)
         if self._should_jit_eagerly(inputs, kwargs):
             return self._jax_jit_call(inputs)
         return super().__call__(inputs, **kwargs)
+
+    def _check_images(self, inputs):
+        """Errors naming the fix for images the layer would silently turn into garbage:
+        a channels-first shape (static shapes, on any input), and, for host data only (a
+        NumPy float array; a Python list becomes one), values outside [0, 1], which
+        backend tensors are not checked for (it would wait for the device in every step)."""
+        shape = getattr(inputs, "shape", None)
+        if shape is not None:
+            check_channels_last(shape, type(self).__name__)
+        if isinstance(inputs, np.ndarray) and inputs.dtype.kind == "f" and inputs.size:
+            error = unit_range_error(
+                float(np.min(inputs)), float(np.max(inputs)), type(self).__name__
+            )
+            if error is not None:
+                raise error
 
     def _should_jit_eagerly(self, inputs, kwargs):
         """Eager JAX calls are compiled as a whole: op-by-op dispatch is very slow."""

@@ -2,7 +2,12 @@
 
 import keras
 
-from keras_ssl.augment._base import AugmentationLayer, check_probability, to_unit_float
+from keras_ssl.augment._base import (
+    AugmentationLayer,
+    check_probability,
+    config_without_sublayers,
+    to_unit_float,
+)
 
 
 def _serialize_layers(layers):
@@ -61,9 +66,9 @@ class RandomApply(AugmentationLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            layer=keras.saving.serialize_keras_object(self.layer), probability=self.probability
-        )
+        config["probability"] = self.probability
+        if not config_without_sublayers():
+            config["layer"] = keras.saving.serialize_keras_object(self.layer)
         return config
 
 
@@ -110,7 +115,8 @@ class AugmentationPipeline(AugmentationLayer):
     def get_config(self):
         config = super().get_config()
         config.pop("seed", None)
-        config["layers"] = _serialize_layers(self.layers)
+        if not config_without_sublayers():
+            config["layers"] = _serialize_layers(self.layers)
         return config
 
 
@@ -170,7 +176,8 @@ class MultiViewAugment(AugmentationLayer):
     def get_config(self):
         config = super().get_config()
         config.pop("seed", None)
-        config["pipelines"] = _serialize_layers(self.pipelines)
+        if not config_without_sublayers():
+            config["pipelines"] = _serialize_layers(self.pipelines)
         return config
 
 

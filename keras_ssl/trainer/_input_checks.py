@@ -12,6 +12,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_ssl.augment._base import unit_range_error
+
 _CHUNK = 1024  # images checked at a time: bounds the memory the checks take
 
 
@@ -138,17 +140,10 @@ def _check_values(array, images_to_augment):
                 "(e.g. `x[np.isfinite(x).all(axis=(1, 2, 3))]`) before calling fit()."
             )
         low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-    if images_to_augment and (low < -1e-3 or high > 1.0 + 1e-3):
-        hint = (
-            "They look like 0-255 pixel values: divide them by 255 (`x / 255.0`) or pass "
-            "them as uint8, which is scaled for you."
-            if high > 10.0
-            else "Pass unnormalised images in [0, 1]: normalise after augmenting, not before."
-        )
-        raise ValueError(
-            f"Float images must lie in [0, 1] for the augmentation (colour jitter, solarize "
-            f"and grayscale assume it), got values in [{low:g}, {high:g}]. {hint}"
-        )
+    if images_to_augment:
+        error = unit_range_error(low, high, "the augmentation")
+        if error is not None:
+            raise error
     if not images_to_augment and high > 10.0:
         warnings.warn(
             f"The views reach {high:g}: keras_ssl's augmentations make views in [0, 1]. If "

@@ -1,0 +1,205 @@
+"""Errors that name the fix for images the augmentation layers would turn into garbage, and
+the jit-cache key of eager JAX calls."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl.augment import (
+    AugmentationPipeline,
+    BYOLAugment,
+    ColorJitter,
+    DINOMultiCrop,
+    GaussianBlur,
+    MoCoV2Augment,
+    MultiViewAugment,
+    RandomApply,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    SimCLRAugment,
+    Solarize,
+)
+from keras_ssl.augment._base import _StaticLayer, config_without_sublayers
+
+BACKEND = keras.backend.backend()
+
+LAYERS = {
+    "ColorJitter": lambda: ColorJitter(0.4, 0.4, 0.4, 0.1, seed=0),
+    "RandomGrayscale": lambda: RandomGrayscale(0.5, seed=0),
+    "Solarize": lambda: Solarize(0.5, seed=0),
+    "GaussianBlur": lambda: GaussianBlur(3, seed=0),
+    "RandomResizedCrop": lambda: RandomResizedCrop(16, 16, seed=0),
+    "RandomHorizontalFlip": lambda: RandomHorizontalFlip(seed=0),
+    "RandomApply": lambda: RandomApply(Solarize(0.5), probability=0.5, seed=0),
+    "AugmentationPipeline": lambda: AugmentationPipeline(
+        [RandomResizedCrop(16, 16, seed=0), ColorJitter(0.4, seed=1)]
+    ),
+    "MultiViewAugment": lambda: MultiViewAugment([[RandomResizedCrop(16, 16, seed=0)]]),
+    "SimCLRAugment": lambda: SimCLRAugment(16, seed=0),
+    "MoCoV2Augment": lambda: MoCoV2Augment(16, seed=0),
+    "BYOLAugment": lambda: BYOLAugment(16, seed=0),
+    "DINOMultiCrop": lambda: DINOMultiCrop.small_images(32, num_local_crops=1, seed=0),
+}
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _images(shape, low=0.0, high=1.0, seed=0):
+    return np.random.default_rng(seed).uniform(low, high, size=shape).astype("float32")
+
+
+# -- float images outside [0, 1] -------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_float_images_in_0_255_are_refused(name):
+    # They used to be jittered, solarized and grayscaled as if in [0, 1]: garbage views.
+    with pytest.raises(ValueError, match=rf"\[0, 1\] for {name}.*divide them by 255"):
+        LAYERS[name]()(_images((4, 32, 32, 3), high=255.0))
+
+
+@pytest.mark.parametrize("name", ["ColorJitter", "SimCLRAugment"])
+def test_normalised_float_images_are_refused(name):
+    with pytest.raises(ValueError, match=r"got values in \[-0\.9.*normalise after augmenting"):
+        LAYERS[name]()(_images((4, 32, 32, 3), low=-1.0, high=1.0))
+
+
+def test_a_python_list_of_pixels_is_checked_and_scaled_as_a_numpy_array():
+    with pytest.raises(ValueError, match=r"\[0, 1\] for ColorJitter.*divide them by 255"):
+        ColorJitter(0.4)(_images((2, 8, 8, 3), high=255.0).tolist())
+    # Integers in a list are 8-bit pixel values, as in a NumPy integer array.
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3))
+    from_list = _np(Solarize(0.5, seed=0)(pixels.tolist()))
+    np.testing.assert_allclose(from_list, _np(Solarize(0.5, seed=0)(pixels.astype("uint8"))))
+    assert from_list.max() <= 1.0
+
+
+def test_images_in_0_1_pass_rounding_error_included():
+    images = _images((4, 32, 32, 3))
+    images[0, 0, 0] = (-5e-4, 1.0 + 5e-4, 0.5)
+    for view in SimCLRAugment(16, seed=0)(images):
+        assert _np(view).shape == (4, 16, 16, 3)
+    pixels = (_images((2, 8, 8, 3)) * 255).astype("uint8")
+    assert _np(ColorJitter(0.4, seed=0)(pixels)).max() <= 1.0
+
+
+def test_backend_tensors_are_not_checked():
+    # Their values would have to come back from the device in every step; fit() checks its
+    # data once, before training.
+    images = keras.ops.convert_to_tensor(_images((2, 8, 8, 3), high=255.0))
+    assert tuple(Solarize(0.5, seed=0)(images).shape) == (2, 8, 8, 3)
+
+
+# -- channels-first images -------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_first_images_are_refused_with_the_transpose(name, channels):
+    # Each used to fail in its own way, or not at all: ColorJitter and RandomGrayscale took
+    # 32 "channels" for an alpha channel, the crop resized C x H into a 16 x 16 view of 32
+    # channels, flip, blur and solarize returned garbage of the input's shape.
+    images = _images((4, channels, 32, 32))
+    match = (
+        rf"{name} got images of shape \(4, {channels}, 32, 32\), which look channels_first "
+        r"\(N, C, H, W\).*`np.transpose\(images, \(0, 2, 3, 1\)\)`"
+    )
+    with pytest.raises(ValueError, match=match):
+        LAYERS[name]()(images)
+
+
+def test_channels_first_check_covers_every_kind_of_input():
+    layer = ColorJitter(0.4, seed=0)
+    match = r"look channels_first"
+    with pytest.raises(ValueError, match=r"\(C, H, W\).*np.transpose\(image, \(1, 2, 0\)\)"):
+        layer(_images((3, 32, 32)))  # one unbatched image
+    with pytest.raises(ValueError, match=match):
+        layer((_images((2, 3, 8, 8)) * 255).astype("uint8"))
+    with pytest.raises(ValueError, match=match):
+        layer(keras.ops.convert_to_tensor(_images((2, 3, 8, 8))))
+    with pytest.raises(ValueError, match=match):
+        layer(keras.Input((3, 8, 8)))  # a symbolic tensor: a functional model's
+    with pytest.raises(ValueError, match=match):
+        layer(_images((2, 3, 8, 8)).tolist())
+
+
+def test_channels_first_check_in_tf_data():
+    tf = pytest.importorskip("tensorflow")
+    batches = tf.data.Dataset.from_tensor_slices(_images((4, 3, 16, 16))).batch(2)
+    with pytest.raises(ValueError, match=r"SimCLRAugment got images.*look channels_first"):
+        batches.map(SimCLRAugment(8, seed=0))
+    # Unknown sizes pass the check: nothing is known to be wrong.
+    unknown = tf.data.Dataset.from_generator(
+        lambda: iter([_images((2, 16, 16, 3))]),
+        output_signature=tf.TensorSpec((None, None, None, None), tf.float32),
+    )
+    flipped = next(iter(unknown.map(RandomHorizontalFlip(seed=0))))
+    assert tuple(flipped.shape) == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 8, 8, 3), (2, 8, 8, 1), (2, 3, 8, 3), (2, 3, 3, 3), (8, 8, 3), (3, 8, 8, 1)],
+)
+def test_channels_last_images_pass(shape):
+    assert tuple(ColorJitter(0.4, seed=0)(_images(shape)).shape) == shape
+
+
+def test_geometric_layers_take_any_channel_count():
+    images = _images((2, 16, 16, 5))
+    assert tuple(RandomResizedCrop(8, 8, seed=0)(images).shape) == (2, 8, 8, 5)
+    assert tuple(RandomHorizontalFlip(seed=0)(images).shape) == (2, 16, 16, 5)
+
+
+# -- the jit-cache key -----------------------------------------------------------------------
+@pytest.fixture
+def count_configs(monkeypatch):
+    calls = []
+    get_config = keras.layers.Layer.get_config  # every layer's, a recipe's included
+
+    def counted(self):
+        calls.append(type(self).__name__)
+        return get_config(self)
+
+    monkeypatch.setattr(keras.layers.Layer, "get_config", counted)
+    return calls
+
+
+def test_the_key_of_an_unchanged_layer_serialises_no_config(count_configs):
+    # Every eager JAX call makes a key: it used to serialise every layer's config, a
+    # container's holding its sub-layers' again (0.6 ms a call for SimCLRAugment, 3 ms for
+    # a 10-view DINOMultiCrop).
+    augment = DINOMultiCrop.small_images(32, num_local_crops=2, seed=0)
+    key = _StaticLayer(augment)
+    assert len(count_configs) == len(augment._flatten_layers())  # each layer once
+    count_configs.clear()
+    assert _StaticLayer(augment) == key
+    assert count_configs == []
+    # A changed layer makes its own part again, and a key of its own.
+    augment.pipelines[2].layers[-1].probability = 0.25
+    changed = _StaticLayer(augment)
+    assert count_configs == ["RandomGrayscale"]
+    assert changed != key and hash(changed) != hash(key)
+
+
+def test_the_key_holds_each_layer_with_its_own_arguments_and_the_tree():
+    with_inner = AugmentationPipeline(
+        [RandomHorizontalFlip(seed=0), AugmentationPipeline([Solarize(0.5)]), ColorJitter(0.4)]
+    )
+    inner_last = AugmentationPipeline(
+        [RandomHorizontalFlip(seed=0), AugmentationPipeline([Solarize(0.5), ColorJitter(0.4)])]
+    )
+    assert _StaticLayer(with_inner) != _StaticLayer(inner_last)
+    assert '"layers"' not in str(_StaticLayer(with_inner).key)
+    wrapped = RandomApply(Solarize(0.5), probability=0.5, seed=0)
+    assert "layer" in wrapped.get_config()  # serialisation keeps the sub-layers
+    assert not config_without_sublayers()
+
+
+def test_keys_of_user_layers_stay_their_own():
+    class Gain(keras.layers.Layer):
+        def call(self, images):
+            return images
+
+    first, second = RandomApply(Gain(), seed=0), RandomApply(Gain(), seed=0)
+    assert _StaticLayer(first) != _StaticLayer(second)
+    assert _StaticLayer(first) == _StaticLayer(first)
