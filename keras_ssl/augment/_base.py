@@ -203,15 +203,15 @@ def _own_config_key(layer):
 
 
 def _tree_key(layer):
-    """``(class, own arguments, keys of the layers inside it)`` for a tree of keras_ssl
-    augmentations; None if the tree holds any other layer (a user's layer may keep state
-    outside its config)."""
+    """``(class, own arguments, keys of the layers it runs, in their order)`` for a tree of
+    keras_ssl augmentations; None if the tree holds any other layer (a user's layer may keep
+    state outside its config)."""
     if not isinstance(layer, AugmentationLayer) or not type(layer).__module__.startswith(
         "keras_ssl.augment"
     ):
         return None
     inner_keys = []
-    for inner in layer._layers:
+    for inner in layer._sublayers_in_call_order():
         inner_key = _tree_key(inner)
         if inner_key is None:
             return None
@@ -324,6 +324,11 @@ class AugmentationLayer(DataLayer):
         """Per-image ``where`` with a ``(N,)`` mask."""
         mask = self.backend.numpy.reshape(mask, (-1, 1, 1, 1))
         return self.backend.numpy.where(mask, when_true, when_false)
+
+    def _sublayers_in_call_order(self):
+        """The layers this one runs, in the order it runs them (containers override it; the
+        jit-cache key of eager JAX calls is built from it)."""
+        return list(self._layers)
 
     # -- Keras plumbing ------------------------------------------------------------------------
     def __setattr__(self, name, value):

@@ -71,6 +71,9 @@ class RandomApply(AugmentationLayer):
             config["layer"] = keras.saving.serialize_keras_object(self.layer)
         return config
 
+    def _sublayers_in_call_order(self):
+        return [self.layer]
+
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class AugmentationPipeline(AugmentationLayer):
@@ -118,6 +121,9 @@ class AugmentationPipeline(AugmentationLayer):
         if not config_without_sublayers():
             config["layers"] = _serialize_layers(self.layers)
         return config
+
+    def _sublayers_in_call_order(self):
+        return list(self.layers)
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -179,6 +185,9 @@ class MultiViewAugment(AugmentationLayer):
         if not config_without_sublayers():
             config["pipelines"] = _serialize_layers(self.pipelines)
         return config
+
+    def _sublayers_in_call_order(self):
+        return list(self.pipelines)
 
 
 __all__ = ["AugmentationPipeline", "MultiViewAugment", "RandomApply"]

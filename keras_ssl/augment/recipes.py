@@ -224,7 +224,8 @@ class _MultiViewRecipe(MultiViewAugment):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Recipes saved before `interpolation` existed cropped bilinearly: a resumed run keeps it.
+        return cls(**{"interpolation": "bilinear", **config})
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")

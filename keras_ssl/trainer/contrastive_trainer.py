@@ -592,8 +592,9 @@ class _RecordTotalSteps(keras.callbacks.Callback):
     def _step_counter(self):
         model = self.model
         if _as_int(model.batches_trained) < 0:  # loaded from a file saved before the counter
-            batches = _as_int(model.optimizer.iterations) * _accumulation_steps(model.optimizer)
-            model.batches_trained.assign(batches)
+            # The optimizer's own counter: the batches, under gradient accumulation too.
+            optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+            model.batches_trained.assign(_as_int(optimizer._iterations))
         return model.batches_trained
 
     def undo_if_no_step(self):

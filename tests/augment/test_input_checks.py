@@ -203,3 +203,30 @@ def test_keys_of_user_layers_stay_their_own():
     first, second = RandomApply(Gain(), seed=0), RandomApply(Gain(), seed=0)
     assert _StaticLayer(first) != _StaticLayer(second)
     assert _StaticLayer(first) == _StaticLayer(first)
+
+
+def _square_crop(size, seed):
+    return RandomResizedCrop(size, size, scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=seed)
+
+
+def test_the_key_follows_the_layers_a_container_runs_in_their_order():
+    # Keras's tracking order (`_layers`) keeps the construction order and every layer ever
+    # assigned; the key must follow what the container runs, or an eager JAX call runs
+    # another pipeline's compiled function.
+    images = _images((2, 32, 32, 3))
+    pipeline = AugmentationPipeline([_square_crop(16, 0), _square_crop(8, 1)])
+    assert tuple(pipeline(images).shape) == (2, 8, 8, 3)
+    pipeline.layers.reverse()
+    assert tuple(pipeline(images).shape) == (2, 16, 16, 3)
+
+    replaced = AugmentationPipeline([Solarize(0.5, probability=1.0)])
+    replaced.layers = [_square_crop(8, 2)]
+    fresh = AugmentationPipeline([Solarize(0.5, probability=1.0), _square_crop(8, 3)])
+    assert _StaticLayer(replaced) != _StaticLayer(fresh)
+    assert tuple(replaced(images).shape) == (2, 8, 8, 3)
+    solarized = _np(fresh(images))
+    assert solarized.shape == (2, 8, 8, 3) and solarized.max() <= 0.5 + 1e-6
+
+    views = MultiViewAugment([[_square_crop(16, 4)], [_square_crop(8, 5)]])
+    views.pipelines.reverse()
+    assert [tuple(v.shape) for v in views(images)] == [(2, 8, 8, 3), (2, 16, 16, 3)]

@@ -330,6 +330,15 @@ def test_config_round_trip(make):
         assert [sub.seed for sub in a.layers] == [sub.seed for sub in b.layers]
 
 
+def test_recipes_saved_before_the_interpolation_option_keep_bilinear_crops():
+    for augment in (BYOLAugment(16, seed=1), DINOMultiCrop(16, 8, num_local_crops=1, seed=2)):
+        config = augment.get_config()
+        del config["interpolation"]
+        restored = type(augment).from_config(config)
+        assert restored.get_config()["interpolation"] == "bilinear"
+        assert _layer(restored.pipelines[0], RandomResizedCrop).interpolation == "bilinear"
+
+
 def test_round_trip_reproduces_outputs():
     x = _uint8_images()
     config = DINOMultiCrop(16, 8, num_local_crops=2, seed=9).get_config()
