@@ -616,13 +616,14 @@ class _RecordTotalSteps(keras.callbacks.Callback):
         model = self.model
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         self._replaced = tuple(_as_int(v) for v in self._run_length())
-        done = _as_int(self._step_counter()) // _accumulation_steps(model.optimizer)
+        batches_done = _as_int(self._step_counter())
+        accumulation = _accumulation_steps(model.optimizer)
         if steps and epochs:
             # In optimizer steps: one every `k` batches under gradient accumulation.
-            batches = _as_int(self._step_counter()) + int(steps) * (int(epochs) - epoch)
-            model.total_steps.assign(batches // _accumulation_steps(model.optimizer))
+            batches = batches_done + int(steps) * (int(epochs) - epoch)
+            model.total_steps.assign(batches // accumulation)
             model.steps_per_epoch.assign(int(steps))
-        elif model.uses_run_length and _as_int(model.total_steps) <= done:
+        elif model.uses_run_length and _as_int(model.total_steps) <= batches_done // accumulation:
             raise ValueError(
                 f"{type(model).__name__}'s schedules (EMA momentum, temperatures, weight decay) "
                 "run over the whole training run, and fit() cannot tell its length from this "
