@@ -88,12 +88,13 @@ def to_unit_float(x):
 UNIT_RANGE_TOLERANCE = 1e-3
 
 
-def unit_range_error(low, high, subject):
+def unit_range_error(low, high, subject, uses):
     """The ``ValueError`` for float images whose values span ``[low, high]`` beyond [0, 1]
     (past rounding error), with the fix; None when they lie in [0, 1] (or are NaN).
 
     ``subject`` names what needs the range: ``"the augmentation"`` for ``fit``'s check of
-    its data, a layer's class name for an augmentation layer's check of its input.
+    its data, a layer's class name for an augmentation layer's check of its input; ``uses``
+    says why (the steps that assume it, e.g. ``["ColorJitter clips to [0, 1]"]``).
     """
     if not (low < -UNIT_RANGE_TOLERANCE or high > 1.0 + UNIT_RANGE_TOLERANCE):
         return None
@@ -104,8 +105,8 @@ def unit_range_error(low, high, subject):
         else "Pass unnormalised images in [0, 1]: normalise after augmenting, not before."
     )
     return ValueError(
-        f"Float images must lie in [0, 1] for {subject} (colour jitter, solarize and "
-        f"grayscale assume it), got values in [{low:g}, {high:g}]. {hint}"
+        f"Float images must lie in [0, 1] for {subject} ({'; '.join(uses)}), got values in "
+        f"[{low:g}, {high:g}]. {hint}"
     )
 
 
@@ -273,14 +274,18 @@ class AugmentationLayer(DataLayer):
     divided by 65535, other integer dtypes by 255); 3-D (unbatched) inputs are accepted.
     Images are channels-last: a shape that looks channels-first (``(N, 1 or 3, H, W)`` with
     a last dimension other than 1 or 3) is refused, with the transpose that fixes it. Float
-    images must lie in [0, 1]; host data (a NumPy array or a Python list) outside it is
-    refused with the fix, backend tensors are not checked (it would wait for the device).
+    images must lie in [0, 1] for the layers whose math assumes it (``unit_range_uses``, e.g.
+    ``ColorJitter`` clips to it; a flip or a blur is linear and takes any range); host data
+    (a NumPy array or a Python list) outside it is refused with the fix, backend tensors are
+    not checked (it would wait for the device).
     Augmentations are always applied (there is no ``training`` flag): self-supervised
     pipelines call them explicitly.
     """
 
     # Whether an eager call on the JAX backend runs through a cached ``jax.jit``.
     _jit_eager = True
+    # Why this layer's own math needs float images in [0, 1] (None: it takes any range).
+    _unit_range_use = None
 
     def __init__(self, seed=None, **kwargs):
         # Pixels stay float32 through the whole pipeline under a mixed-precision policy (a
@@ -325,6 +330,16 @@ class AugmentationLayer(DataLayer):
         mask = self.backend.numpy.reshape(mask, (-1, 1, 1, 1))
         return self.backend.numpy.where(mask, when_true, when_false)
 
+    def unit_range_uses(self):
+        """Why this layer needs float images in [0, 1]: one phrase per step (its own and its
+        sublayers') whose math assumes it, e.g. ``"ColorJitter clips to [0, 1]"``; empty
+        when the layer takes images of any range (a flip, a blur, a bilinear crop)."""
+        uses = [self._unit_range_use] if self._unit_range_use else []
+        for layer in self._sublayers_in_call_order():
+            if isinstance(layer, AugmentationLayer):
+                uses += [use for use in layer.unit_range_uses() if use not in uses]
+        return uses
+
     def _sublayers_in_call_order(self):
         """The layers this one runs, in the order it runs them (containers override it; the
         jit-cache key of eager JAX calls is built from it)."""
@@ -347,14 +362,18 @@ class AugmentationLayer(DataLayer):
     def _check_images(self, inputs):
         """Errors naming the fix for images the layer would silently turn into garbage:
         a channels-first shape (static shapes, on any input), and, for host data only (a
-        NumPy float array; a Python list becomes one), values outside [0, 1], which
-        backend tensors are not checked for (it would wait for the device in every step)."""
+        NumPy float array; a Python list becomes one), values outside [0, 1] where the
+        layer needs them (`unit_range_uses`), which backend tensors are not checked for (it
+        would wait for the device in every step)."""
         shape = getattr(inputs, "shape", None)
         if shape is not None:
             check_channels_last(shape, type(self).__name__)
         if isinstance(inputs, np.ndarray) and inputs.dtype.kind == "f" and inputs.size:
+            uses = self.unit_range_uses()
+            if not uses:
+                return
             error = unit_range_error(
-                float(np.min(inputs)), float(np.max(inputs)), type(self).__name__
+                float(np.min(inputs)), float(np.max(inputs)), type(self).__name__, uses
             )
             if error is not None:
                 raise error

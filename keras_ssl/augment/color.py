@@ -67,6 +67,8 @@ class ColorJitter(AugmentationLayer):
     (4, 8, 8, 3)
     """
 
+    _unit_range_use = "ColorJitter clips to [0, 1]"
+
     def __init__(
         self,
         brightness=0.0,
@@ -202,6 +204,8 @@ class Solarize(AugmentationLayer):
     >>> tuple(Solarize(threshold=0.5, probability=0.2, seed=0)(images).shape)
     (4, 8, 8, 3)
     """
+
+    _unit_range_use = "Solarize inverts x -> 1 - x above a threshold in [0, 1]"
 
     def __init__(self, threshold=0.5, probability=1.0, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)

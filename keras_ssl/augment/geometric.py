@@ -69,6 +69,12 @@ class RandomResizedCrop(AugmentationLayer):
     (4, 16, 16, 3)
     """
 
+    @property
+    def _unit_range_use(self):
+        if self.interpolation == "bicubic":
+            return "bicubic RandomResizedCrop clips to [0, 1]"
+        return None
+
     def __init__(
         self,
         height,

@@ -69,7 +69,7 @@ def empty_data_error():
     )
 
 
-def check_fit_data(model, x, batch_size=None, has_augmenter=True, fit_kwargs=None):
+def check_fit_data(model, x, batch_size=None, fit_kwargs=None):
     """Raises a `ValueError` naming the fix for data `model.fit` cannot learn from."""
     fit_kwargs = fit_kwargs or {}
     payload = _payload(x)
@@ -82,8 +82,10 @@ def check_fit_data(model, x, batch_size=None, has_augmenter=True, fit_kwargs=Non
     count = int(arrays[0].shape[0])
     if count == 0:
         raise empty_data_error()
+    # Images the augmenter turns into views, or views (a tuple) the user made.
+    augmenter = model.augmenter if not isinstance(payload, tuple) else None
     for array in arrays:
-        _check_values(array, images_to_augment=has_augmenter and not isinstance(payload, tuple))
+        _check_values(array, augmenter)
     batch_size = batch_size or 32
     last = count % batch_size
     uses_whole_arrays = not fit_kwargs.get("validation_split") and not fit_kwargs.get(
@@ -123,7 +125,9 @@ def replicas_per_batch(model):
     return 1
 
 
-def _check_values(array, images_to_augment):
+def _check_values(array, augmenter):
+    """Refuses NaN / Inf pixels, and pixels outside [0, 1] where `augmenter` needs them
+    there (warns at 0-255 values where nothing does: pre-made views, a flip-only augmenter)."""
     dtype = str(array.dtype)
     if "float" not in dtype:
         return
@@ -140,16 +144,28 @@ def _check_values(array, images_to_augment):
                 "(e.g. `x[np.isfinite(x).all(axis=(1, 2, 3))]`) before calling fit()."
             )
         low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-    if images_to_augment:
-        error = unit_range_error(low, high, "the augmentation")
+    uses = _unit_range_uses(augmenter)
+    if uses:
+        error = unit_range_error(low, high, "the augmentation", uses)
         if error is not None:
             raise error
-    if not images_to_augment and high > 10.0:
+    elif high > 10.0:
         warnings.warn(
-            f"The views reach {high:g}: keras_ssl's augmentations make views in [0, 1]. If "
-            "these are 0-255 pixel values, divide them by 255.",
+            f"The {'views' if augmenter is None else 'images'} reach {high:g}: keras_ssl's "
+            "models take images in [0, 1] (uint8 is scaled for you). If these are 0-255 "
+            "pixel values, divide them by 255.",
             stacklevel=3,
         )
+
+
+def _unit_range_uses(augmenter):
+    """Why `augmenter` needs images in [0, 1]; a user's own augmenter is taken to (as
+    every keras_ssl recipe does)."""
+    if augmenter is None:
+        return []
+    if hasattr(augmenter, "unit_range_uses"):
+        return augmenter.unit_range_uses()
+    return [f"{type(augmenter).__name__} is expected to take keras_ssl's [0, 1] images"]
 
 
 def check_patch_size(view_shape, patch_size):

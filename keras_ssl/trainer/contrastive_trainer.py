@@ -4,7 +4,6 @@ import contextlib
 import os
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_ssl.augment._base import to_unit_float
@@ -25,6 +24,7 @@ from keras_ssl.trainer._saving import (
     save_seed_states,
     split_seed_states,
 )
+from keras_ssl.trainer._uint16_inputs import uint16_arrays_to_unit_float, with_unit_float_x
 
 if keras.backend.backend() == "tensorflow":
     from keras_ssl.trainer._tensorflow import BackendStep
@@ -244,11 +244,10 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         data = args[0] if args else kwargs.get("x")
-        x = _uint16_images_to_unit_float(data)
-        if x is not data:
-            args, kwargs = ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "x": x})
+        args, kwargs = with_unit_float_x(args, kwargs)
+        x = args[0] if args else kwargs.get("x")
         batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
-        check_fit_data(self, x, batch_size, self.augmenter is not None, kwargs)
+        check_fit_data(self, x, batch_size, kwargs)
         recorder = _RecordTotalSteps(data)  # the user's data set, which may order the epochs
         # First, so that its `on_train_batch_end` counts a step before another callback raises.
         callbacks = [recorder, *(callbacks or [])]
@@ -281,6 +280,19 @@ class ContrastiveTrainer(BackendStep, keras.Model):
             recorder.undo_if_no_step()
             raise empty_data_error()
         return history
+
+    def evaluate(self, *args, **kwargs):
+        args, kwargs = with_unit_float_x(args, kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        args, kwargs = with_unit_float_x(args, kwargs)
+        return super().predict(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        if args:  # NumPy uint16 images would become int32 tensors (8-bit values) on torch
+            args = (uint16_arrays_to_unit_float(args[0]), *args[1:])
+        return super().__call__(*args, **kwargs)
 
     # ---- shared plumbing ------------------------------------------------------------------
     @property
@@ -512,34 +524,6 @@ def _accumulation_steps(optimizer):
     """`gradient_accumulation_steps` of `optimizer` (or of the one a loss scale wraps), or 1."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
-
-
-def _uint16_images_to_unit_float(x):
-    """`x` with its `uint16` images converted to float32 in [0, 1] before Keras sees them,
-    or `x` itself: Keras's torch backend turns `uint16` into `int32` tensors, which would
-    then be read as 8-bit values. NumPy arrays (or tuples and lists of views) are converted
-    on every backend; a `tf.data` set with `uint16` elements gets a `map` on torch."""
-    arrays = x if isinstance(x, (tuple, list)) else [x]
-    if any(isinstance(a, np.ndarray) and a.dtype == np.uint16 for a in arrays):
-        return keras.tree.map_structure(to_unit_float, x)
-    if keras.backend.backend() != "torch" or not _is_tf_dataset(x):
-        return x
-    import tensorflow as tf
-
-    if not any(spec.dtype == tf.uint16 for spec in tf.nest.flatten(x.element_spec)):
-        return x
-
-    def convert(*element):
-        element = element[0] if len(element) == 1 else element
-        return tf.nest.map_structure(
-            lambda t: to_unit_float(t) if t.dtype == tf.uint16 else t, element
-        )
-
-    return x.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def _is_tf_dataset(x):
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
 
 
 def _as_int(variable):

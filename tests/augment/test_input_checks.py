@@ -51,12 +51,52 @@ def _images(shape, low=0.0, high=1.0, seed=0):
     return np.random.default_rng(seed).uniform(low, high, size=shape).astype("float32")
 
 
+# Layers whose math is linear in the pixel values: they take images of any range.
+RANGE_FREE = {
+    "GaussianBlur",
+    "MultiViewAugment",
+    "RandomGrayscale",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
+}
+
+
 # -- float images outside [0, 1] -------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("name", sorted(set(LAYERS) - RANGE_FREE))
 def test_float_images_in_0_255_are_refused(name):
-    # They used to be jittered, solarized and grayscaled as if in [0, 1]: garbage views.
-    with pytest.raises(ValueError, match=rf"\[0, 1\] for {name}.*divide them by 255"):
+    # They used to be jittered, solarized and clipped as if in [0, 1]: garbage views.
+    with pytest.raises(ValueError, match=rf"\[0, 1\] for {name} \(.*divide them by 255"):
         LAYERS[name]()(_images((4, 32, 32, 3), high=255.0))
+
+
+def test_the_error_names_the_steps_that_need_unit_range():
+    cases = {
+        "Solarize": ["Solarize inverts x -> 1 - x above a threshold in [0, 1]"],
+        "RandomApply": ["Solarize inverts x -> 1 - x above a threshold in [0, 1]"],
+        "AugmentationPipeline": ["ColorJitter clips to [0, 1]"],
+        "SimCLRAugment": [
+            "bicubic RandomResizedCrop clips to [0, 1]",
+            "ColorJitter clips to [0, 1]",
+        ],
+    }
+    for name, uses in cases.items():
+        assert LAYERS[name]().unit_range_uses() == uses, name
+    bicubic = RandomResizedCrop(16, 16, interpolation="bicubic", seed=0)
+    with pytest.raises(ValueError, match=r"RandomResizedCrop \(bicubic RandomResizedCrop clips"):
+        bicubic(_images((4, 32, 32, 3), high=255.0))
+
+
+@pytest.mark.parametrize("name", sorted(RANGE_FREE))
+def test_linear_layers_take_any_range(name):
+    # A flip, a blur, a grayscale and a bilinear crop commute with scaling the pixels.
+    images = _images((4, 32, 32, 3))
+    assert LAYERS[name]().unit_range_uses() == []
+    scaled = LAYERS[name]()(images * 255.0)
+    unit = LAYERS[name]()(images)
+    if name == "MultiViewAugment":
+        scaled, unit = scaled[0], unit[0]
+    np.testing.assert_allclose(_np(scaled), _np(unit) * 255.0, rtol=1e-5, atol=1e-3)
+    assert _np(scaled).max() > 200.0
 
 
 @pytest.mark.parametrize("name", ["ColorJitter", "SimCLRAugment"])

@@ -10,6 +10,9 @@ Row -> where it is caught (test):
   (test_a_failed_call_keeps_the_trained_state)
 - floats in [0, 255] / normalised floats -> fit, arrays (test_float_images_out_of_range)
 - uint8 images -> accepted, scaled to [0, 1] (test_uint8_images_are_scaled)
+- uint16 images (arrays, tf.data, PyDataset, generators, torch DataLoader) -> accepted,
+  scaled by 65535 (test_uint16_images_are_scaled_by_their_range,
+  test_uint16_tensors_from_a_torch_data_loader)
 - NaN / Inf pixels in arrays -> fit, arrays (test_nan_and_inf_images)
 - NaN in a streamed batch (tf.data) -> TerminateOnNaN names the terms
   (test_nan_in_a_streamed_batch_is_reported)
@@ -131,7 +134,9 @@ def test_a_failed_call_keeps_the_trained_state(monkeypatch):
 
 def test_float_images_out_of_range():
     model = _simclr()
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*divide them by 255.*uint8"):
+    with pytest.raises(
+        ValueError, match=r"must lie in \[0, 1\] for the augmentation \(.*ColorJitter clips.*divide"
+    ):
         model.fit(_images() * 255.0, batch_size=BATCH, verbose=0)
     # ImageNet-normalised floats: normalise after augmenting.
     with pytest.raises(ValueError, match="normalise after augmenting"):
@@ -141,6 +146,12 @@ def test_float_images_out_of_range():
     views = (_images() * 255.0, _images() * 255.0)
     with pytest.warns(UserWarning, match="divide them by 255"):
         views_model.fit(views, batch_size=BATCH, epochs=1, verbose=0)
+    # So are images for an augmenter whose steps take any range (a flip, a bilinear crop).
+    geometric = keras_ssl.augment.MultiViewAugment(
+        [[keras_ssl.augment.RandomHorizontalFlip(seed=0)]] * 2
+    )
+    with pytest.warns(UserWarning, match=r"The images reach .*divide them by 255"):
+        _simclr(augmenter=geometric).fit(_images() * 255.0, batch_size=BATCH, verbose=0)
 
 
 def test_uint8_images_are_scaled():
@@ -154,9 +165,27 @@ def test_uint8_images_are_scaled():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(uint8), floats, atol=1e-6)
 
 
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, images, **kwargs):
+        super().__init__(**kwargs)
+        self.images = images
+
+    def __len__(self):
+        return len(self.images) // BATCH
+
+    def __getitem__(self, index):
+        return self.images[index * BATCH : (index + 1) * BATCH]
+
+
+def _fit_loss(data, **kwargs):
+    keras.utils.set_random_seed(3)
+    return _simclr().fit(data, verbose=0, **kwargs).history["loss"]
+
+
 def test_uint16_images_are_scaled_by_their_range():
-    # 16-bit images: [0, 65535] -> [0, 1], on every backend (Keras's torch backend turns a
-    # NumPy uint16 array into an int32 tensor, which fit converts first).
+    # 16-bit images: [0, 65535] -> [0, 1], on every backend and from every kind of data
+    # (Keras's torch backend turns NumPy uint16 into int32 tensors, which fit converts first).
+    from keras_ssl.augment._base import to_unit_float
     from keras_ssl.trainer.contrastive_trainer import ContrastiveTrainer
 
     pixels = (_images() * 255).astype("uint8")
@@ -166,21 +195,56 @@ def test_uint16_images_are_scaled_by_their_range():
     prepared = ContrastiveTrainer._prepare_images(model, keras.ops.convert_to_tensor(wide))
     if keras.backend.standardize_dtype(keras.ops.convert_to_tensor(wide).dtype) == "uint16":
         np.testing.assert_allclose(keras.ops.convert_to_numpy(prepared), expected, atol=1e-6)
-    keras.utils.set_random_seed(3)
-    from_uint16 = _simclr()
-    loss16 = from_uint16.fit(wide, batch_size=BATCH, verbose=0, shuffle=False).history["loss"]
-    keras.utils.set_random_seed(3)
-    from_floats = _simclr()
-    loss = from_floats.fit(expected, batch_size=BATCH, verbose=0, shuffle=False).history["loss"]
-    np.testing.assert_allclose(loss16, loss, rtol=1e-5)
-    # The same through tf.data (on torch, fit maps the uint16 batches to floats first).
+
+    loss = _fit_loss(expected, batch_size=BATCH, shuffle=False)
+    assert len(loss) == 1 and np.isfinite(loss[0])
+    # The same values read as 8-bit (what Keras's int32 tensors are) train differently.
+    misread = _fit_loss(wide.astype("int32"), batch_size=BATCH, shuffle=False)
+    assert abs(misread[0] - loss[0]) > 1e-3
+
     import tensorflow as tf
 
+    def generator():
+        for i in range(len(wide) // BATCH):
+            yield (wide[i * BATCH : (i + 1) * BATCH],)
+
+    streams = {
+        "array": (wide, {"batch_size": BATCH, "shuffle": False}),
+        "tf.data": (tf.data.Dataset.from_tensor_slices(wide).batch(BATCH), {}),
+        "PyDataset": (_Batches(wide), {"shuffle": False}),
+        "generator": (generator(), {}),
+    }
+    for name, (data, kwargs) in streams.items():
+        np.testing.assert_allclose(_fit_loss(data, **kwargs), loss, rtol=1e-5, err_msg=name)
+    # Worker threads (Keras's enqueuer may hand their batches over in another order: the
+    # two batches here are the same images).
+    twice = np.concatenate([wide[:BATCH]] * 2)
+    threaded = _fit_loss(_Batches(twice, workers=2), shuffle=False)
+    from_floats = _fit_loss(to_unit_float(twice), batch_size=BATCH, shuffle=False)
+    np.testing.assert_allclose(threaded, from_floats, rtol=1e-5)
+
+    # evaluate, predict and a direct call read them the same way.
     keras.utils.set_random_seed(3)
-    from_dataset = _simclr()
-    dataset = tf.data.Dataset.from_tensor_slices(wide).batch(BATCH)
-    loss_ds = from_dataset.fit(dataset, verbose=0).history["loss"]
-    np.testing.assert_allclose(loss_ds, loss, rtol=1e-5)
+    from_uint16 = _simclr().evaluate(wide, batch_size=BATCH, verbose=0)
+    keras.utils.set_random_seed(3)
+    from_floats = _simclr().evaluate(expected, batch_size=BATCH, verbose=0)
+    np.testing.assert_allclose(from_uint16, from_floats, rtol=1e-5)
+    features = keras.ops.convert_to_numpy(model(expected))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(wide)), features, atol=1e-5)
+    np.testing.assert_allclose(model.predict(wide, verbose=0), features, atol=1e-5)
+    np.testing.assert_allclose(model.predict(_Batches(wide), verbose=0), features, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a DataLoader feeds torch only")
+def test_uint16_tensors_from_a_torch_data_loader():
+    import torch
+
+    pixels = (_images() * 255).astype("uint8")
+    expected = pixels / np.float32(255)
+    wide = torch.from_numpy(pixels.astype("int32") * 257).to(torch.uint16)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(wide), batch_size=BATCH)
+    loss = _fit_loss(expected, batch_size=BATCH, shuffle=False)
+    np.testing.assert_allclose(_fit_loss(loader), loss, rtol=1e-5)
 
 
 def test_nan_and_inf_images():
