@@ -68,13 +68,24 @@ def _args_dict(args):
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
 
 
+def _flag(value):
+    """A boolean of DINO's ``args``: main_dino.py stores ``bool_flag``'s bools, but an
+    ``args`` dict written from a config file may hold ``"False"`` (which ``bool`` reads as
+    True) or 0 / 1."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "on", "off"):
+        return value.strip().lower() in ("true", "1", "on")
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    raise SystemExit(f"Cannot read {value!r} in the checkpoint's args as a boolean flag.")
+
+
 # main_dino.py's ``args`` that shape the DINO loss and schedules -> keras_ssl.DINO options.
 # The head's sizes come from the weights; ``arch`` / ``patch_size`` from the card or
 # ``--architecture`` (``patch_size`` is checked); ``drop_path_rate``, ``local_crops_number``
 # and the crop scales, ``epochs``, ``lr``, ``clip_grad``, ``optimizer`` and ``use_fp16`` have
 # no DINO option (the augmenter, fit and compile set them) and stay in the metadata.
 DINO_ARGS = {
-    "norm_last_layer": ("norm_last_layer", bool),
+    "norm_last_layer": ("norm_last_layer", _flag),
     "warmup_teacher_temp": ("warmup_teacher_temperature", float),
     "teacher_temp": ("teacher_temperature", float),
     "warmup_teacher_temp_epochs": ("warmup_teacher_temperature_epochs", int),

@@ -302,6 +302,26 @@ def test_dino_full_checkpoint_keeps_the_head_sizes_and_training_options(tmp_path
     assert metadata["original_args"]["local_crops_number"] == 6
 
 
+def test_dino_args_saved_as_a_dict_of_strings(tmp_path):
+    # A fork that saves `args` as a dict read from a config file: "False" is False, not
+    # bool("False"); a value that is no flag stops the conversion with its name.
+    import torch
+
+    _full_checkpoint(2, False, tmp_path / "full.pth")
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(tmp_path / "full.pth", weights_only=True)
+    checkpoint["args"] = {**vars(checkpoint["args"]), "norm_last_layer": "False"}
+    torch.save(checkpoint, tmp_path / "dict.pth")
+    assert _convert_full(tmp_path, tmp_path / "dict.pth").head.last_layer_g.trainable
+    checkpoint["args"]["norm_last_layer"] = "True"
+    torch.save(checkpoint, tmp_path / "dict.pth")
+    assert not _convert_full(tmp_path / "b", tmp_path / "dict.pth").head.last_layer_g.trainable
+    checkpoint["args"]["norm_last_layer"] = "maybe"
+    torch.save(checkpoint, tmp_path / "dict.pth")
+    with pytest.raises(SystemExit, match="Cannot read 'maybe'.*boolean flag"):
+        _convert_full(tmp_path / "c", tmp_path / "dict.pth")
+
+
 def test_dino_full_checkpoint_of_another_patch_size_is_refused():
     checkpoint = {
         "student": {},
