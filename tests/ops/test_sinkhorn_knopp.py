@@ -1,3 +1,5 @@
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -68,6 +70,71 @@ def test_reduce_sum_hook_matches_a_global_batch():
     both = ops.convert_to_numpy(sinkhorn_knopp(np.concatenate([logits, logits]), 0.1))
     np.testing.assert_allclose(local, both[:5], rtol=1e-5, atol=1e-7)
     assert (1, 7) in calls and () in calls
+
+
+def _run_replicas_in_lockstep(logits_per_replica, **kwargs):
+    """Each replica's `sinkhorn_knopp` in its own thread, the hooks exchanging their values
+    through a barrier as an all-reduce does: replicas with different data and sizes."""
+    count = len(logits_per_replica)
+    barrier = threading.Barrier(count, timeout=60)
+    slots = [None] * count
+
+    def hook(replica, reduce):
+        def all_reduce(x):
+            slots[replica] = ops.convert_to_numpy(x)
+            barrier.wait()
+            result = reduce(np.stack(slots), axis=0)
+            barrier.wait()  # every replica has read the slots before they are reused
+            return ops.convert_to_tensor(result)
+
+        return all_reduce
+
+    results, errors = [None] * count, []
+
+    def run(replica):
+        try:
+            q = sinkhorn_knopp(
+                logits_per_replica[replica],
+                0.1,
+                reduce_sum=hook(replica, np.sum),
+                reduce_max=hook(replica, np.max),
+                **{k: v[replica] for k, v in kwargs.items()},
+            )
+            results[replica] = ops.convert_to_numpy(q)
+        except Exception as error:  # surfaced below; the other replicas stop waiting
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_reduce_hooks_over_replicas_with_different_data():
+    # Different logits, sizes and maxima on each replica (one replica's logits far below
+    # the other's, so a shift that is not the global maximum would show): each replica's
+    # rows of the global batch's Sinkhorn-Knopp.
+    rng = np.random.default_rng(6)
+    first = rng.uniform(-1, 1, size=(5, 7)).astype("float32")
+    second = (rng.uniform(-1, 1, size=(3, 7)) - 4.0).astype("float32")
+    local = _run_replicas_in_lockstep([first, second])
+    both = _reference_sinkhorn(np.concatenate([first, second]), 0.1, 3)
+    np.testing.assert_allclose(np.concatenate(local), both, rtol=1e-4, atol=1e-6)
+    # With padding rows, a different number on each replica.
+    valid = [np.array([True, False, True, True, True]), np.array([False, True, True])]
+    local = _run_replicas_in_lockstep([first, second], valid=valid)
+    rows = np.concatenate([first[valid[0]], second[valid[1]]])
+    both = _reference_sinkhorn(rows, 0.1, 3)
+    np.testing.assert_allclose(
+        np.concatenate([local[0][valid[0]], local[1][valid[1]]]), both, rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_array_equal(local[0][~valid[0]], 0.0)
+    np.testing.assert_array_equal(local[1][~valid[1]], 0.0)
 
 
 def test_samples_far_below_the_maximum_stay_finite():
