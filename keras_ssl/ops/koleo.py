@@ -31,7 +31,10 @@ def koleo_loss(embeddings, eps=1e-8, gather_distributed=True):
             (gathered from every replica, gradients flowing back), so that the loss
             equals one device's on the global batch; `False` keeps the search within
             each device's samples (DINOv2's code), on every engine, JAX's
-            `DataParallel` included. No effect on one device.
+            `DataParallel` included (there the rows must be in the step's batch
+            order, one per image, e.g. one view's embeddings, not two views
+            concatenated: the devices hold contiguous blocks of them). No effect on
+            one device.
 
     Returns:
         A float32 scalar.

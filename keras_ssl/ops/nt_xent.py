@@ -93,7 +93,9 @@ def nt_xent_loss(z_a, z_b, temperature=0.5, gather_distributed=True):
             and its gradient equal one device's on the global batch; `False` keeps
             the negatives local, each device's anchors contrasted with that device's
             views only (the loss is then the mean of the devices' losses), on every
-            engine, JAX's `DataParallel` included. No effect on one device.
+            engine, JAX's `DataParallel` included (there the rows of `z_a` and `z_b`
+            must be in the step's batch order, one per image, as the trainer's views
+            are: the devices hold contiguous blocks of them). No effect on one device.
 
     Returns:
         A float32 scalar.
