@@ -1,4 +1,5 @@
-"""16-bit images into `fit`, `evaluate` and `predict` on every backend.
+"""16-bit images into `fit` (its validation data too), `evaluate` and `predict` on every
+backend.
 
 Keras's torch backend turns a NumPy `uint16` array into an `int32` tensor (torch had no
 `uint16` arithmetic), so the trainer would read 16-bit images as 8-bit values. The data
@@ -41,8 +42,13 @@ def uint16_arrays_to_unit_float(x):
 
 
 def with_unit_float_x(args, kwargs):
-    """`(args, kwargs)` of a `fit` / `evaluate` / `predict` call with `x` converted by
-    `uint16_images_to_unit_float`."""
+    """`(args, kwargs)` of a `fit` / `evaluate` / `predict` call with `x` (and `fit`'s
+    `validation_data`) converted by `uint16_images_to_unit_float`."""
+    if kwargs.get("validation_data") is not None:
+        kwargs = {
+            **kwargs,
+            "validation_data": uint16_images_to_unit_float(kwargs["validation_data"]),
+        }
     data = args[0] if args else kwargs.get("x")
     x = uint16_images_to_unit_float(data)
     if x is data:

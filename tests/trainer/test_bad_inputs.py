@@ -223,7 +223,17 @@ def test_uint16_images_are_scaled_by_their_range():
     from_floats = _fit_loss(to_unit_float(twice), batch_size=BATCH, shuffle=False)
     np.testing.assert_allclose(threaded, from_floats, rtol=1e-5)
 
-    # evaluate, predict and a direct call read them the same way.
+    # fit's validation data, evaluate, predict and a direct call read them the same way.
+    validated = {}
+    for name, data in (("uint16", wide), ("float", expected)):
+        keras.utils.set_random_seed(3)
+        history = (
+            _simclr()
+            .fit(expected, batch_size=BATCH, shuffle=False, validation_data=(data,), verbose=0)
+            .history
+        )
+        validated[name] = history["val_loss"]
+    np.testing.assert_allclose(validated["uint16"], validated["float"], rtol=1e-5)
     keras.utils.set_random_seed(3)
     from_uint16 = _simclr().evaluate(wide, batch_size=BATCH, verbose=0)
     keras.utils.set_random_seed(3)
