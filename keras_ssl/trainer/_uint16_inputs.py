@@ -26,19 +26,18 @@ def uint16_images_to_unit_float(x):
     if isinstance(x, keras.utils.PyDataset):
         return _UnitFloatPyDataset(x)
     if inspect.isgenerator(x):
-        return (_convert_batch(batch) for batch in x)
+        return (uint16_arrays_to_unit_float(batch) for batch in x)
     if _is_tf_dataset(x):
         return _map_tf_dataset(x)
     return x
 
 
 def uint16_arrays_to_unit_float(x):
-    """`x` converted when it is a NumPy `uint16` array (or a tuple or list of views holding
-    one), else `x` itself."""
-    arrays = x if isinstance(x, (tuple, list)) else [x]
-    if any(_is_uint16_array(a) for a in arrays):
-        return keras.tree.map_structure(to_unit_float, x)
-    return x
+    """`x` with each NumPy `uint16` array in it (an array, or one in a batch's tuple, list
+    or dict) as float32 in [0, 1]; `x` itself when it holds none."""
+    if not any(_is_uint16_array(a) for a in keras.tree.flatten(x)):
+        return x
+    return keras.tree.map_structure(lambda a: to_unit_float(a) if _is_uint16_array(a) else a, x)
 
 
 def with_unit_float_x(args, kwargs):
@@ -58,10 +57,6 @@ def with_unit_float_x(args, kwargs):
 
 def _is_uint16_array(x):
     return isinstance(x, np.ndarray) and x.dtype == np.uint16
-
-
-def _convert_batch(batch):
-    return keras.tree.map_structure(lambda a: to_unit_float(a) if _is_uint16_array(a) else a, batch)
 
 
 class _UnitFloatPyDataset(keras.utils.PyDataset):
@@ -84,7 +79,7 @@ class _UnitFloatPyDataset(keras.utils.PyDataset):
         return self.dataset.num_batches
 
     def __getitem__(self, index):
-        return _convert_batch(self.dataset[index])
+        return uint16_arrays_to_unit_float(self.dataset[index])
 
     def on_epoch_begin(self):
         self.dataset.on_epoch_begin()
