@@ -40,21 +40,6 @@ def uint16_arrays_to_unit_float(x):
     return keras.tree.map_structure(lambda a: to_unit_float(a) if _is_uint16_array(a) else a, x)
 
 
-def with_unit_float_x(args, kwargs):
-    """`(args, kwargs)` of a `fit` / `evaluate` / `predict` call with `x` (and `fit`'s
-    `validation_data`) converted by `uint16_images_to_unit_float`."""
-    if kwargs.get("validation_data") is not None:
-        kwargs = {
-            **kwargs,
-            "validation_data": uint16_images_to_unit_float(kwargs["validation_data"]),
-        }
-    data = args[0] if args else kwargs.get("x")
-    x = uint16_images_to_unit_float(data)
-    if x is data:
-        return args, kwargs
-    return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "x": x})
-
-
 def _is_uint16_array(x):
     return isinstance(x, np.ndarray) and x.dtype == np.uint16
 

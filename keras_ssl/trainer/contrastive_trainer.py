@@ -14,6 +14,7 @@ from keras_ssl.trainer._input_checks import (
     check_patch_size,
     empty_data_error,
 )
+from keras_ssl.trainer._input_data import with_readable_data
 from keras_ssl.trainer._saving import (
     BATCH_COUNTER_KEY,
     VERSION_KEY,
@@ -24,7 +25,7 @@ from keras_ssl.trainer._saving import (
     save_seed_states,
     split_seed_states,
 )
-from keras_ssl.trainer._uint16_inputs import uint16_arrays_to_unit_float, with_unit_float_x
+from keras_ssl.trainer._uint16_inputs import uint16_arrays_to_unit_float
 
 if keras.backend.backend() == "tensorflow":
     from keras_ssl.trainer._tensorflow import BackendStep
@@ -244,7 +245,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         data = args[0] if args else kwargs.get("x")
-        args, kwargs = with_unit_float_x(args, kwargs)
+        args, kwargs = with_readable_data(args, kwargs)
         x = args[0] if args else kwargs.get("x")
         batch_size = args[2] if len(args) > 2 else kwargs.get("batch_size")
         check_fit_data(self, x, batch_size, kwargs)
@@ -282,11 +283,11 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         return history
 
     def evaluate(self, *args, **kwargs):
-        args, kwargs = with_unit_float_x(args, kwargs)
+        args, kwargs = with_readable_data(args, kwargs)
         return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
-        args, kwargs = with_unit_float_x(args, kwargs)
+        args, kwargs = with_readable_data(args, kwargs)
         return super().predict(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):

@@ -245,7 +245,6 @@ def test_uint16_images_are_scaled_by_their_range():
     np.testing.assert_allclose(model.predict(_Batches(wide), verbose=0), features, atol=1e-5)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a DataLoader feeds torch only")
 def test_uint16_tensors_from_a_torch_data_loader():
     import torch
 
@@ -465,7 +464,6 @@ def test_an_error_in_the_step_is_not_taken_for_empty_data(monkeypatch):
         model.fit(_images(), batch_size=2 * BATCH, verbose=0)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a DataLoader feeds torch only")
 def test_empty_torch_loader():
     import torch
 

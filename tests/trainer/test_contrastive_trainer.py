@@ -144,16 +144,64 @@ def test_image_folder(tmp_path):
     assert np.isfinite(history.history["loss"][0])
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "torch", reason="a torch DataLoader feeds torch only"
-)
-def test_torch_dataloader():
+class _ImageItems:
+    """A map-style data set whose items are bare images (not `(image,)` tuples)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+@pytest.mark.parametrize("items", ["tuples", "images"])
+def test_torch_dataloader(items):
+    # On every backend, as Keras takes a DataLoader on each. Keras's JAX and TensorFlow
+    # adapters read a batch as a tuple, which split a bare (N, H, W, C) batch into N images.
     import torch
 
-    tensor = torch.from_numpy(_images())
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensor), batch_size=BATCH)
-    history = _fit(CosineAlign(_backbone(), augmenter=_augmenter()), loader)
-    assert np.isfinite(history.history["loss"][0])
+    images = _images()
+    tensor = torch.from_numpy(images)
+    dataset = torch.utils.data.TensorDataset(tensor) if items == "tuples" else _ImageItems(tensor)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH)
+    losses = []
+    for data, kwargs in ((images, {"batch_size": BATCH, "shuffle": False}), (loader, {})):
+        keras.utils.set_random_seed(4)
+        model = CosineAlign(_backbone(), augmenter=_augmenter())
+        losses.append(_fit(model, data, **kwargs).history["loss"])
+        features = model.predict(
+            data, verbose=0, **{k: v for k, v in kwargs.items() if k != "shuffle"}
+        )
+        np.testing.assert_allclose(features, model.predict(images, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    assert loader.collate_fn is torch.utils.data.default_collate  # the user's loader is untouched
+
+
+def _flip_views(images):
+    """Two views as NumPy arrays: the batch and its mirror image."""
+    batch = np.stack(images)
+    return [batch, np.ascontiguousarray(batch[:, :, ::-1])]
+
+
+def test_torch_dataloader_of_premade_views():
+    # Views made in the loader (a collate function returning NumPy arrays) on every
+    # backend; Keras's JAX and TensorFlow adapters take torch tensors only. (A random
+    # augmenter would not do here: TensorFlow's adapter reads two batches ahead for their
+    # shapes, so the views of its first epoch come from later draws.)
+    import torch
+
+    images = list(_images())
+    loader = torch.utils.data.DataLoader(images, batch_size=BATCH, collate_fn=_flip_views)
+    batches = [tuple(_flip_views(images[i : i + BATCH])) for i in range(0, len(images), BATCH)]
+    losses = []
+    for data in (loader, (batch for batch in batches)):
+        keras.utils.set_random_seed(4)
+        model = CosineAlign(_backbone(), augmenter=None)
+        losses.append(_fit(model, data, steps_per_epoch=len(batches)).history["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
 def test_labels_are_refused():
