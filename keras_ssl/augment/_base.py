@@ -15,6 +15,8 @@ from keras.src.layers.preprocessing.data_layer import DataLayer
 from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
 from keras.src.utils.jax_utils import is_in_jax_tracing_scope
 
+from keras_ssl.augment._worker_seeds import current_stream, reseed_for_stream
+
 __all__ = [
     "AugmentationLayer",
     "DataLayer",
@@ -44,6 +46,14 @@ def derive_seed(seed, *offsets):
 
 def _is_tf_tensor(x):
     return type(x).__module__.startswith("tensorflow")
+
+
+def _is_eager(inputs):
+    """Whether a layer call runs now on concrete values: not traced (a JAX or TensorFlow
+    function, a `tf.data` map), not symbolic, not inside a stateless call."""
+    if isinstance(inputs, keras.KerasTensor) or in_stateless_scope() or in_tf_graph():
+        return False
+    return not is_in_jax_tracing_scope(inputs)
 
 
 def _integer_image_scale(dtype):
@@ -294,6 +304,7 @@ class AugmentationLayer(DataLayer):
         super().__init__(**kwargs)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
+        self._random_stream = current_stream()
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def uniform(self, shape, minval=0.0, maxval=1.0):
@@ -354,6 +365,7 @@ class AugmentationLayer(DataLayer):
     def __call__(self, inputs, **kwargs):
         inputs = _host_images(inputs)
         self._check_images(inputs)
+        self._reseed_in_a_new_worker(inputs)
         inputs = to_unit_float(inputs)
         if self._should_jit_eagerly(inputs, kwargs):
             return self._jax_jit_call(inputs)
@@ -378,17 +390,30 @@ class AugmentationLayer(DataLayer):
             if error is not None:
                 raise error
 
+    def _reseed_in_a_new_worker(self, inputs):
+        """In a data-loading worker, the first eager call gives this layer and its
+        sublayers their own random streams (`keras_ssl/augment/_worker_seeds.py`)."""
+        stream = current_stream()
+        if stream == self._random_stream or not _is_eager(inputs):
+            return
+        reseed_for_stream(
+            [
+                layer
+                for layer in self._flatten_layers(include_self=True, recursive=True)
+                if isinstance(getattr(layer, "generator", None), keras.random.SeedGenerator)
+            ],
+            stream,
+        )
+
     def _should_jit_eagerly(self, inputs, kwargs):
         """Eager JAX calls are compiled as a whole: op-by-op dispatch is very slow."""
         if kwargs or keras.backend.backend() != "jax" or not self._jit_eager:
             return False
         if self.trainable_variables:
             return False
-        if isinstance(inputs, keras.KerasTensor) or in_stateless_scope():
+        if _is_tf_tensor(inputs):
             return False
-        if _is_tf_tensor(inputs) or in_tf_graph():
-            return False
-        return not is_in_jax_tracing_scope(inputs)
+        return _is_eager(inputs)
 
     def _jax_jit_call(self, inputs):
         inputs = keras.ops.convert_to_tensor(inputs)
