@@ -15,7 +15,7 @@ from keras.src.layers.preprocessing.data_layer import DataLayer
 from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
 from keras.src.utils.jax_utils import is_in_jax_tracing_scope
 
-from keras_ssl.augment._worker_seeds import current_stream, reseed_for_stream
+from keras_ssl.augment._random_streams import current_stream, eager_calls, reseed_for_stream
 
 __all__ = [
     "AugmentationLayer",
@@ -365,11 +365,27 @@ class AugmentationLayer(DataLayer):
     def __call__(self, inputs, **kwargs):
         inputs = _host_images(inputs)
         self._check_images(inputs)
-        self._reseed_in_a_new_worker(inputs)
+        if not _is_eager(inputs):
+            return self._call(inputs, kwargs)
+        with eager_calls():  # draw and advance the seed states as one step (_random_streams.py)
+            if current_stream() != self._random_stream:
+                # In a data-loading worker: this layer's and its sublayers' own streams.
+                reseed_for_stream(self._layers_with_generators(), current_stream())
+            return self._call(inputs, kwargs)
+
+    def _call(self, inputs, kwargs):
         inputs = to_unit_float(inputs)
         if self._should_jit_eagerly(inputs, kwargs):
             return self._jax_jit_call(inputs)
         return super().__call__(inputs, **kwargs)
+
+    def _layers_with_generators(self):
+        """This layer and its sublayers that draw from a seed generator, in a fixed order."""
+        return [
+            layer
+            for layer in self._flatten_layers(include_self=True, recursive=True)
+            if isinstance(getattr(layer, "generator", None), keras.random.SeedGenerator)
+        ]
 
     def _check_images(self, inputs):
         """Errors naming the fix for images the layer would silently turn into garbage:
@@ -389,21 +405,6 @@ class AugmentationLayer(DataLayer):
             )
             if error is not None:
                 raise error
-
-    def _reseed_in_a_new_worker(self, inputs):
-        """In a data-loading worker, the first eager call gives this layer and its
-        sublayers their own random streams (`keras_ssl/augment/_worker_seeds.py`)."""
-        stream = current_stream()
-        if stream == self._random_stream or not _is_eager(inputs):
-            return
-        reseed_for_stream(
-            [
-                layer
-                for layer in self._flatten_layers(include_self=True, recursive=True)
-                if isinstance(getattr(layer, "generator", None), keras.random.SeedGenerator)
-            ],
-            stream,
-        )
 
     def _should_jit_eagerly(self, inputs, kwargs):
         """Eager JAX calls are compiled as a whole: op-by-op dispatch is very slow."""

@@ -10,7 +10,7 @@ Row -> where it is caught (test):
   (test_a_failed_call_keeps_the_trained_state)
 - floats in [0, 255] / normalised floats -> fit, arrays (test_float_images_out_of_range)
 - uint8 images -> accepted, scaled to [0, 1] (test_uint8_images_are_scaled)
-- uint16 images (arrays, tf.data, PyDataset, generators, torch DataLoader) -> accepted,
+- uint16 images (arrays, tf.data, PyDataset, generators, grain, torch DataLoader) -> accepted,
   scaled by 65535 (test_uint16_images_are_scaled_by_their_range,
   test_uint16_tensors_from_a_torch_data_loader)
 - NaN / Inf pixels in arrays -> fit, arrays (test_nan_and_inf_images)
@@ -202,6 +202,7 @@ def test_uint16_images_are_scaled_by_their_range():
     misread = _fit_loss(wide.astype("int32"), batch_size=BATCH, shuffle=False)
     assert abs(misread[0] - loss[0]) > 1e-3
 
+    import grain
     import tensorflow as tf
 
     def generator():
@@ -213,6 +214,7 @@ def test_uint16_images_are_scaled_by_their_range():
         "tf.data": (tf.data.Dataset.from_tensor_slices(wide).batch(BATCH), {}),
         "PyDataset": (_Batches(wide), {"shuffle": False}),
         "generator": (generator(), {}),
+        "grain": (grain.MapDataset.source(wide).batch(BATCH), {}),
     }
     for name, (data, kwargs) in streams.items():
         np.testing.assert_allclose(_fit_loss(data, **kwargs), loss, rtol=1e-5, err_msg=name)

@@ -180,6 +180,23 @@ def test_torch_dataloader(items):
     assert loader.collate_fn is torch.utils.data.default_collate  # the user's loader is untouched
 
 
+def test_grain_dataset():
+    import grain  # a dev dependency
+
+    images = _images()
+    losses = []
+    for data, kwargs in (
+        (images, {"batch_size": BATCH, "shuffle": False}),
+        (grain.MapDataset.source(images).batch(BATCH), {}),
+        (grain.MapDataset.source(images).batch(BATCH).to_iter_dataset(), {}),
+    ):
+        keras.utils.set_random_seed(4)
+        model = CosineAlign(_backbone(), augmenter=_augmenter())
+        losses.append(_fit(model, data, **kwargs).history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-5)
+
+
 def _flip_views(images):
     """Two views as NumPy arrays: the batch and its mirror image."""
     batch = np.stack(images)

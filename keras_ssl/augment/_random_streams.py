@@ -1,4 +1,5 @@
-"""Augmentation layers' random streams in data-loading worker processes.
+"""Augmentation layers' random streams on the host: in data-loading worker processes and
+threads, and from a caller's random generator.
 
 A torch `DataLoader` (or a Keras `PyDataset` with `use_multiprocessing=True`, or grain)
 runs the augmentation in worker processes, each holding a copy of the layers, seed
@@ -17,14 +18,37 @@ In the process that made the layers nothing changes. Not covered: a worker proce
 spawned (not forked) outside a torch `DataLoader` (a `PyDataset` under the spawn start
 method) rebuilds the layers from their config, and a recipe with a fixed `seed` then draws
 the same in every such worker; one built without a seed draws from fresh entropy there.
+
+An eager call reads its generators' states, draws, and writes them back advanced: calls from
+several threads (grain's and a threaded `PyDataset`'s pools) take turns (`eager_calls()`), or
+two would read the same state and draw the same crops. Traced calls (a train step,
+`tf.data`) run inside their framework's own state handling and never take the lock.
 """
 
 import os
 import secrets
 import sys
+import threading
 
 import keras
 import numpy as np
+
+_eager_calls = threading.RLock()
+
+
+def eager_calls():
+    """The lock an eager call holds while it draws and advances its generators' states."""
+    return _eager_calls
+
+
+def _unlocked_in_a_forked_child():
+    # A fork copies the lock as it is: held, if another thread was drawing at that moment,
+    # and then never released in the child.
+    global _eager_calls
+    _eager_calls = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_unlocked_in_a_forked_child)
 
 
 def current_stream():
@@ -39,17 +63,35 @@ def reseed_for_stream(layers, stream):
     """Gives each layer in `layers` (augmentation layers with `generator`s) a new seed for
     `stream`, and marks it as drawing in it."""
     worker_seed = stream[1] if stream[1] is not None else secrets.randbits(63)
+    for generator in _generators(layers):
+        state = np.asarray(keras.ops.convert_to_numpy(generator.state.value)).astype("int64")
+        _set_seed(generator, _mix(worker_seed, *state.tolist()))
     for layer in layers:
-        generators = [layer.generator, *getattr(layer, "_backend_generators", {}).values()]
-        for generator in generators:
-            state = np.asarray(keras.ops.convert_to_numpy(generator.state.value)).astype("int64")
-            generator.state.assign(
-                np.array(
-                    [_mix(worker_seed, *state.tolist()), 0],
-                    dtype=keras.backend.standardize_dtype(generator.state.dtype),
-                )
-            )
         layer._random_stream = stream
+
+
+def reseed(layers, seed):
+    """Restarts the generators of `layers` from `seed` alone: the `i`-th generator's state
+    becomes `(mix(seed, i), 0)`, whatever it was. Marks the layers as drawing in this
+    process's stream."""
+    stream = current_stream()
+    for index, generator in enumerate(_generators(layers)):
+        _set_seed(generator, _mix(seed, index))
+    for layer in layers:
+        layer._random_stream = stream
+
+
+def _generators(layers):
+    return [
+        generator
+        for layer in layers
+        for generator in (layer.generator, *getattr(layer, "_backend_generators", {}).values())
+    ]
+
+
+def _set_seed(generator, seed):
+    dtype = keras.backend.standardize_dtype(generator.state.dtype)
+    generator.state.assign(np.array([seed, 0], dtype=dtype))
 
 
 def _mix(*values):
