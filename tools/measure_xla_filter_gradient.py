@@ -14,6 +14,10 @@ kernel XLA already uses); forward 80-94 ms, input gradient 80-91 ms; the `(C, N)
 GEMM at N = 262,144 33-34 ms with the transposed operand, 15-18 ms from a contiguous one.
 Later (2026-11-30): the filter gradient keeps both cores busy (cpu/wall about 1.9, as the
 forward pass), and XLA's own filter gradient on 2 or 8 slices of the batch is no faster.
+Against torch's oneDNN on the same layer (2026-12-02, two runs, the last three lines):
+forward 1.19x and 1.42x torch's time, forward + filter gradient 1.97x and 1.52x, forward +
+both gradients 1.61x and 1.37x (XLA 319 and 293 ms, torch 199 and 213 ms): the speed
+table's JAX ResNet ratios (0.66-0.80x) in one layer.
 """
 
 import importlib
@@ -89,11 +93,11 @@ def swapped_forward_conv(x, dy, kernel):
 def _timed(fn, *args):
     """Median wall time in ms of 5 calls, and that call's process CPU time / wall time
     (about 2 when XLA keeps both cores busy, 1 when it runs on one thread)."""
-    fn(*args).block_until_ready()
+    jax.block_until_ready(fn(*args))
     runs = []
     for _ in range(5):
         start, cpu = time.perf_counter(), time.process_time()
-        fn(*args).block_until_ready()
+        jax.block_until_ready(fn(*args))
         wall = time.perf_counter() - start
         runs.append((wall, (time.process_time() - cpu) / wall))
     wall, busy = sorted(runs)[2]
@@ -138,6 +142,61 @@ def main():
     contiguous = _median_ms(jax.jit(jnp.matmul), a_t, b)
     print(f"GEMM (C, N) x (N, O), transposed operand: {transposed:.1f} ms")
     print(f"GEMM (C, N) x (N, O), contiguous operand: {contiguous:.1f} ms")
+    _against_torch(x, dy, kernel)
+
+
+def _against_torch(x, dy, kernel):
+    """The same layer's forward pass, + the filter gradient, + both gradients: XLA against
+    torch's oneDNN (channels-last, 2 threads, as lightly runs it in the speed benchmark)."""
+    import torch
+
+    torch.set_num_threads(2)
+
+    def both(x, dy, kernel):  # y is returned: XLA would drop an unused forward pass
+        y, pullback = jax.vjp(_conv, x, kernel)
+        return y, pullback(dy)
+
+    def with_filter_gradient(x, dy, kernel):
+        y, pullback = jax.vjp(lambda k: _conv(x, k), kernel)
+        return y, pullback(dy)
+
+    xla = {
+        "forward": _median_ms(jax.jit(lambda x, dy, k: _conv(x, k)), x, dy, kernel),
+        "forward + filter gradient": _median_ms(jax.jit(with_filter_gradient), x, dy, kernel),
+        "forward + both gradients": _median_ms(jax.jit(both), x, dy, kernel),
+    }
+
+    def as_torch(a):  # NHWC memory seen as NCHW: torch's channels-last
+        return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2)
+
+    tx, tdy = as_torch(x), as_torch(dy)
+    tk = torch.from_numpy(np.asarray(kernel)).permute(3, 2, 0, 1).contiguous()
+    tk = tk.to(memory_format=torch.channels_last)
+
+    def run(grad_input, grad_kernel):
+        xs, ks = tx.requires_grad_(grad_input), tk.requires_grad_(grad_kernel)
+        y = torch.nn.functional.conv2d(xs, ks, padding=1)
+        wanted = [t for t in (xs, ks) if t.requires_grad]
+        if wanted:
+            torch.autograd.grad(y, wanted, tdy)
+
+    def torch_ms(grad_input, grad_kernel):
+        run(grad_input, grad_kernel)
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            run(grad_input, grad_kernel)
+            runs.append(time.perf_counter() - start)
+        return 1e3 * sorted(runs)[2]
+
+    torch_times = {
+        "forward": torch_ms(False, False),
+        "forward + filter gradient": torch_ms(False, True),
+        "forward + both gradients": torch_ms(True, True),
+    }
+    for name, ms in xla.items():
+        theirs = torch_times[name]
+        print(f"{name}: XLA {ms:.1f} ms, torch {theirs:.1f} ms ({ms / theirs:.2f}x)")
 
 
 if __name__ == "__main__":
