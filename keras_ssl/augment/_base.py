@@ -368,9 +368,10 @@ class AugmentationLayer(DataLayer):
         if not _is_eager(inputs):
             return self._call(inputs, kwargs)
         with eager_calls():  # draw and advance the seed states as one step (_random_streams.py)
-            if current_stream() != self._random_stream:
+            stream = current_stream()
+            if stream != self._random_stream:
                 # In a data-loading worker: this layer's and its sublayers' own streams.
-                reseed_for_stream(self._layers_with_generators(), current_stream())
+                reseed_for_stream(self._layers_with_generators(), stream)
             return self._call(inputs, kwargs)
 
     def _call(self, inputs, kwargs):
