@@ -365,20 +365,17 @@ class AugmentationLayer(DataLayer):
     def __call__(self, inputs, **kwargs):
         inputs = _host_images(inputs)
         self._check_images(inputs)
+        inputs = to_unit_float(inputs)
         if not _is_eager(inputs):
-            return self._call(inputs, kwargs)
+            return super().__call__(inputs, **kwargs)
         with eager_calls():  # draw and advance the seed states as one step (_random_streams.py)
             stream = current_stream()
             if stream != self._random_stream:
                 # In a data-loading worker: this layer's and its sublayers' own streams.
                 reseed_for_stream(self._layers_with_generators(), stream)
-            return self._call(inputs, kwargs)
-
-    def _call(self, inputs, kwargs):
-        inputs = to_unit_float(inputs)
-        if self._should_jit_eagerly(inputs, kwargs):
-            return self._jax_jit_call(inputs)
-        return super().__call__(inputs, **kwargs)
+            if self._should_jit_eagerly(inputs, kwargs):
+                return self._jax_jit_call(inputs)
+            return super().__call__(inputs, **kwargs)
 
     def _layers_with_generators(self):
         """This layer and its sublayers that draw from a seed generator, in a fixed order."""
@@ -408,14 +405,11 @@ class AugmentationLayer(DataLayer):
                 raise error
 
     def _should_jit_eagerly(self, inputs, kwargs):
-        """Eager JAX calls are compiled as a whole: op-by-op dispatch is very slow."""
+        """Eager JAX calls (`__call__` asks for eager ones only) are compiled as a whole:
+        op-by-op dispatch is very slow."""
         if kwargs or keras.backend.backend() != "jax" or not self._jit_eager:
             return False
-        if self.trainable_variables:
-            return False
-        if _is_tf_tensor(inputs):
-            return False
-        return _is_eager(inputs)
+        return not (self.trainable_variables or _is_tf_tensor(inputs))
 
     def _jax_jit_call(self, inputs):
         inputs = keras.ops.convert_to_tensor(inputs)
