@@ -90,11 +90,11 @@ class CollapseMonitor(keras.callbacks.Callback):
     from keras_ssl.datasets import fashion_mnist
 
     (x, _), (x_test, _) = fashion_mnist.load_data("embedded")
-    model = keras_ssl.BYOL(keras_ssl.backbones.ConvNet(input_channels=1),
+    model = keras_ssl.BYOL(keras_ssl.backbones.ConvNet((16, 32), input_channels=1),
                            augmenter=keras_ssl.augment.BYOLAugment.small_images(28))
     model.compile(optimizer=keras.optimizers.AdamW(2e-3))
     monitor = keras_ssl.callbacks.CollapseMonitor(x_test[:512], stop_on_collapse=True)
-    model.fit(x, batch_size=256, epochs=2, callbacks=[monitor])
+    model.fit(x[:1024], batch_size=256, epochs=2, callbacks=[monitor])
     monitor.results  # {1: {"embedding_std": ..., "effective_rank": ...}, 2: {...}}
     ```
     """

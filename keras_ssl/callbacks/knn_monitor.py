@@ -87,11 +87,11 @@ class KNNMonitor(keras.callbacks.Callback):
     from keras_ssl.datasets import fashion_mnist
 
     (x, y), (x_test, y_test) = fashion_mnist.load_data("embedded")
-    model = keras_ssl.SimCLR(keras_ssl.backbones.ConvNet(input_channels=1),
+    model = keras_ssl.SimCLR(keras_ssl.backbones.ConvNet((16, 32), input_channels=1),
                              augmenter=keras_ssl.augment.SimCLRAugment.small_images(28))
     model.compile(optimizer=keras.optimizers.AdamW(2e-3))
     monitor = keras_ssl.callbacks.KNNMonitor((x[:2000], y[:2000]), (x_test, y_test))
-    history = model.fit(x[2000:], batch_size=256, epochs=2, callbacks=[monitor])
+    history = model.fit(x[2000:3024], batch_size=256, epochs=2, callbacks=[monitor])
     history.history["knn_top1"]  # one value per epoch
     ```
     """

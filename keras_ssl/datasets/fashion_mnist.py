@@ -83,7 +83,14 @@ def read_idx(path, expected_ndim=None):
     Example:
 
     ```python
-    labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", 1)
+    import gzip
+    import struct
+
+    from keras_ssl.datasets.fashion_mnist import read_idx
+
+    with gzip.open("labels-idx1-ubyte.gz", "wb") as f:  # magic 0x801: 1-D unsigned bytes
+        f.write(struct.pack(">ii", 0x801, 3) + bytes([9, 2, 1]))
+    print(read_idx("labels-idx1-ubyte.gz", expected_ndim=1))  # [9 2 1]
     ```
     """
     path = Path(path)

@@ -114,11 +114,18 @@ def data_parallel(num_devices=None, split_cpu=False, torch_backend=None):
     Example:
 
     ```python
-    engine = keras_ssl.distributed.data_parallel()
+    import keras_ssl
+    from keras_ssl.datasets import fashion_mnist
+
+    (x_train, _), _ = fashion_mnist.load_data("embedded")
+    engine = keras_ssl.distributed.data_parallel()  # on PyTorch: under torchrun
     with engine.scope():
-        model = keras_ssl.SimCLR(backbone, augmenter=augmenter)
+        model = keras_ssl.SimCLR(
+            keras_ssl.backbones.ConvNet(widths=(16, 32), input_channels=1),
+            augmenter=keras_ssl.augment.SimCLRAugment.small_images(28),
+        )
         model.compile(optimizer="adamw")
-    model.fit(engine.shard(x_train), batch_size=engine.batch_size(512), epochs=10)
+    model.fit(engine.shard(x_train[:512]), batch_size=engine.batch_size(128), epochs=1)
     ```
     """
     backend = keras.backend.backend()

@@ -77,7 +77,9 @@ def convert_sync_batchnorm(model):
     Example:
 
     ```python
-    model = keras_ssl.SimCLR(keras_ssl.backbones.ResNet.resnet50(), augmenter=...)
+    import keras_ssl
+
+    model = keras_ssl.SimCLR(keras_ssl.backbones.ResNet18())
     keras_ssl.distributed.convert_sync_batchnorm(model)
     ```
     """

@@ -69,7 +69,8 @@ class DINO(ContrastiveTrainer):
     import keras, keras_ssl
     model = keras_ssl.DINO(
         keras_ssl.backbones.ViT(patch_size=4, hidden_dim=64, depth=2, num_heads=2,
-                                input_channels=1, pretrain_image_size=28),
+                                input_channels=1, pretrain_image_size=28,
+                                use_mask_token=False),  # DINO masks nothing
         augmenter=keras_ssl.augment.DINOMultiCrop.small_images(28, num_local_crops=2),
         output_dim=1024, hidden_dim=256, bottleneck_dim=64,
     )
