@@ -75,7 +75,52 @@ def run_graph(model, inputs, training=None):
         return lambda *args, **kwargs: call(*args, **{**kwargs, "training": training})
 
     with _autocast_scope(model):
-        return model._run_through_graph(inputs, operation_fn=operation_fn)
+        return _run_releasing(model, inputs, operation_fn)
+
+
+def _run_releasing(model, inputs, operation_fn):
+    """Keras's `Function._run_through_graph`, dropping each tensor after its last use.
+
+    Keras's own keeps every layer's output until the graph ends. Run eagerly (PyTorch),
+    that holds all intermediates of a pass that records no gradient (a teacher's): a
+    BYOL ResNet-18 step at batch 256 peaked at 8.2 GB during its forward pass, 4.0 GB
+    after it. Compiled graphs (JAX, TensorFlow) are unaffected either way.
+    """
+    values = {id(x): y for x, y in zip(model.inputs, inputs, strict=True)}
+    for node, released in model._release_schedule:
+        args, kwargs = node.arguments.fill_in(values)
+        outputs = operation_fn(model._get_operation_for_node(node))(*args, **kwargs)
+        for x, y in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
+            values[id(x)] = y
+        for key in released:
+            del values[key]
+    outputs = [values[id(x)] for x in model.outputs]
+    return keras.tree.pack_sequence_as(model._outputs_struct, outputs)
+
+
+def release_schedule(model):
+    """The nodes `Function._run_through_graph` computes, in its order, each with the ids
+    of the tensors that no later node and no output reads."""
+    available = {id(x) for x in model.inputs}
+    nodes = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue
+            if any(id(x) not in available for x in node.input_tensors):
+                continue  # not computable from the inputs, as Keras skips it
+            nodes.append(node)
+            available.update(id(x) for x in node.outputs)
+    last_use = {}
+    for index, node in enumerate(nodes):
+        for x in node.input_tensors:
+            last_use[id(x)] = index
+    for x in model.outputs:
+        last_use.pop(id(x), None)
+    released = [[] for _ in nodes]
+    for key, index in last_use.items():
+        released[index].append(key)
+    return list(zip(nodes, released, strict=True))
 
 
 @contextlib.contextmanager
@@ -104,6 +149,10 @@ class DirectCalls:
     def _layers_by_name(self):
         # A cached property is stored in the instance's __dict__, out of Keras's tracking.
         return {layer.name: layer for layer in self.layers}
+
+    @functools.cached_property
+    def _release_schedule(self):
+        return release_schedule(self)
 
     def call(self, inputs, training=None, mask=None):
         if mask is None and allowed(self, inputs, self._layers_by_name.values()):

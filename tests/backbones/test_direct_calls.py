@@ -2,6 +2,8 @@
 that changes nothing: the results, gradients and batch-norm statistics of Keras's graph,
 and Keras's path wherever a layer needs what `Layer.__call__` does."""
 
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -219,3 +221,56 @@ def test_a_mask_takes_keras_path(monkeypatch, name):
     monkeypatch.setattr(Functional, "call", lambda self, inputs, training=None, mask=None: mask)
     assert model.call(x, mask=mask) is mask
     assert model.call(x) is not mask  # no mask: the direct path
+
+
+class _Log:
+    """Weak references to the doublings' outputs, and what the probe saw (an object:
+    Keras would copy a list or dict assigned to a layer)."""
+
+    def __init__(self):
+        self.outputs, self.alive = [], []
+
+
+class _Doubling(keras.layers.Layer):
+    """`2 x`, keeping a weak reference to its output (no gradient saves it)."""
+
+    def __init__(self, log, **kwargs):
+        super().__init__(**kwargs)
+        self.log = log
+
+    def call(self, x):
+        y = x * 2.0
+        self.log.outputs.append(weakref.ref(y))
+        return y
+
+
+class _Probe(keras.layers.Layer):
+    """Passes `x` through, noting whether the first doubling's output is still alive."""
+
+    def __init__(self, log, **kwargs):
+        super().__init__(**kwargs)
+        self.log = log
+
+    def call(self, x):
+        self.log.alive.append(self.log.outputs[0]() is not None)
+        return x
+
+
+class _Chain(_direct_calls.DirectCalls, keras.Model):
+    pass
+
+
+def test_each_intermediate_is_dropped_after_its_last_use():
+    """x -> 2x -> 4x -> probe: when the probe runs, 2x (read only by the second doubling)
+    is gone on the direct path; Keras's own graph keeps it to the end."""
+    log = _Log()
+    inputs = keras.Input((3,))
+    x = _Doubling(log)(_Doubling(log)(inputs))
+    model = _Chain(inputs, _Probe(log)(x))
+    data = np.ones((2, 3), "float32")
+    log.alive.clear()  # the symbolic call's
+    keras_path = super(_direct_calls.DirectCalls, model).call
+    for call in (model.call, keras_path):
+        log.outputs.clear()
+        np.testing.assert_allclose(_np(call(data)), 4.0 * data)
+    assert log.alive == [False, True], "direct path / Keras's path: was 2x alive at the probe?"
