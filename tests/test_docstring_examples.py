@@ -9,10 +9,9 @@ example that changes process-wide state (a distribution) runs in a process of it
 under `torchrun` on PyTorch as its docstring says.
 """
 
-import hashlib
+import functools
 import importlib
 import inspect
-import json
 import pkgutil
 import re
 import subprocess
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 import keras_ssl
-from tests.presets._preset_support import SHA, make_hf_cache, safetensors_bytes
+from tests.presets._preset_support import cache_card_files, go_offline, safetensors_bytes
 
 _BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
@@ -72,43 +71,36 @@ def _photo_folder(directory, monkeypatch):
             Image.fromarray(pixels).save(directory / "photos" / label / f"{i}.png")
 
 
-def _timm_vit_small_state():
-    """timm's ViT-S/16 with random weights, as timm saves `vit_small_patch16_224.dino`."""
+@functools.cache
+def _timm_vit_small_bytes():
+    """timm's ViT-S/16 with random weights, as timm saves `vit_small_patch16_224.dino`:
+    safetensors bytes, made once (three examples read it)."""
+    import tempfile
+
     from tests._support.torch_reference import import_timm
 
     model = import_timm().create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-    return {k: v.detach().contiguous().numpy() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().numpy() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as directory:
+        return safetensors_bytes(state, directory)
 
 
 def _timm_vit_small_file(directory, monkeypatch):
-    data = safetensors_bytes(_timm_vit_small_state(), directory)
-    (directory / "model.safetensors").write_bytes(data)
+    (directory / "model.safetensors").write_bytes(_timm_vit_small_bytes())
 
 
 def _dino_vits16_in_offline_cache(directory, monkeypatch):
     """The files of the built-in card `dino_vits16`, in an offline Hugging Face cache."""
-    from huggingface_hub import constants
-
     from keras_ssl.presets import registry
 
-    cache = directory / "hf"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    go_offline(monkeypatch, directory / "hf")
     card = registry.get_card("dino_vits16")
-    source = card["source"]
-    weights = source["files"]["weights"]
-    data = safetensors_bytes(_timm_vit_small_state(), directory)
-    if (source.get("sha256") or {}).get(weights):  # a pinned card: random weights differ
-        source["sha256"][weights] = hashlib.sha256(data).hexdigest()
-        (directory / "cards").mkdir()
-        (directory / "cards" / "dino_vits16.json").write_text(json.dumps(card))
-        monkeypatch.setenv(registry.ENV_VAR, str(directory / "cards"))
-    config = {"architecture": "vit_small_patch16_224", "num_classes": 0}
-    files = {weights: data, source["files"]["config"]: config}
-    revision = source["revision"]
-    make_hf_cache(cache, source["repo"], files, sha=revision if len(revision) == 40 else SHA)
+    files = card["source"]["files"]
+    files = {
+        files["weights"]: _timm_vit_small_bytes(),
+        files["config"]: {"architecture": "vit_small_patch16_224", "num_classes": 0},
+    }
+    cache_card_files(card, files, directory / "hf", directory, monkeypatch)
 
 
 def _transformers_folder(kind):

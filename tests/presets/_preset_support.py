@@ -1,5 +1,6 @@
 """Helpers of the preset tests: an offline Hugging Face cache and tiny checkpoints."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,6 +65,38 @@ def make_hf_cache(cache_dir, repo, files, sha=SHA):
         else:
             path.write_bytes(data)
     return snapshot
+
+
+def go_offline(monkeypatch, cache):
+    """`cache` as huggingface_hub's default cache, with downloads off: in the environment
+    and in `huggingface_hub.constants`, which huggingface_hub read at import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def cache_card_files(card, files, cache, tmp, monkeypatch):
+    """Puts `files` (name -> bytes or JSON) in `cache` where the built-in `card`'s source
+    points (its repo; its revision, or refs/main -> SHA for an unpinned card).
+
+    Once tools/publish_presets.py pins the published weights' sha256, random weights
+    cannot match it: the same card with these weights' hash then replaces the built-in one
+    (a card folder in `tmp`, named by the registry's environment variable)."""
+    from keras_ssl.presets import registry
+
+    source = card["source"]
+    weights = source["files"]["weights"]
+    if (source.get("sha256") or {}).get(weights):
+        source["sha256"][weights] = hashlib.sha256(files[weights]).hexdigest()
+        cards = Path(tmp) / "cards"
+        cards.mkdir()
+        (cards / f"{card['name']}.json").write_text(json.dumps(card))
+        monkeypatch.setenv(registry.ENV_VAR, str(cards))
+    revision = source["revision"]
+    make_hf_cache(cache, source["repo"], files, sha=revision if len(revision) == 40 else SHA)
 
 
 def write_card(folder, name, repo, converter, backbone_class, config, sha256=None, **extra):

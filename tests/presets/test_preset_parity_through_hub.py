@@ -13,7 +13,6 @@ and at another one. At other sizes the DINO / DINOv2 references get the official
 """
 
 import copy
-import hashlib
 import json
 import types
 
@@ -26,7 +25,14 @@ import keras_ssl
 from keras_ssl.presets import PresetError, registry
 from keras_ssl.presets.converters import torchvision_resnet
 from tests._support.torch_reference import import_timm, import_torchvision
-from tests.presets._preset_support import SHA, make_hf_cache, safetensors_bytes, write_card
+from tests.presets._preset_support import (
+    SHA,
+    cache_card_files,
+    go_offline,
+    make_hf_cache,
+    safetensors_bytes,
+    write_card,
+)
 from tests.presets._vit_parity import (
     assert_close,
     images,
@@ -40,15 +46,9 @@ from tests.presets._vit_parity import (
 def offline_hub(tmp_path, monkeypatch):
     """An empty Hugging Face cache as huggingface_hub's default, offline, and a record of
     every ``hf_hub_download`` call (so the loads provably go through huggingface_hub)."""
-    from huggingface_hub import constants
-
     cache = tmp_path / "hf"
     cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    # huggingface_hub reads the environment once, at import: set what it read.
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    go_offline(monkeypatch, cache)
     calls = []
     download = huggingface_hub.hf_hub_download
 
@@ -367,26 +367,16 @@ def test_dino_vits16_by_name_from_the_default_offline_cache(offline_hub, monkeyp
             module.eps = 1e-12  # what transformers' DINO configs say
     state = {k: v.detach().contiguous().numpy() for k, v in reference.state_dict().items()}
     weights_name = source["files"]["weights"]
-    data = safetensors_bytes(state, offline_hub["tmp"])
-    if (source.get("sha256") or {}).get(weights_name):
-        # Once tools/publish_presets.py pins the published file's sha256, random weights
-        # cannot match it: the same card with this file's hash replaces the built-in one.
-        source["sha256"][weights_name] = hashlib.sha256(data).hexdigest()
-        cards = offline_hub["tmp"] / "cards"
-        cards.mkdir()
-        (cards / "dino_vits16.json").write_text(json.dumps(card))
-        monkeypatch.setenv(registry.ENV_VAR, str(cards))
     files = {
-        weights_name: data,
+        weights_name: safetensors_bytes(state, offline_hub["tmp"]),
         source["files"]["config"]: {
             "architecture": "vit_small_patch16_224",
             "num_classes": 0,
             "pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.9},
         },
     }
+    cache_card_files(card, files, offline_hub["cache"], offline_hub["tmp"], monkeypatch)
     revision = source["revision"]
-    snapshot_sha = revision if len(revision) == 40 else SHA  # "main": refs/main -> SHA
-    make_hf_cache(offline_hub["cache"], source["repo"], files, sha=snapshot_sha)
 
     model, preprocess = keras_ssl.from_preset("dino_vits16", output="tokens")
     assert (source["repo"], weights_name, revision) in offline_hub["calls"]
