@@ -20,8 +20,9 @@ class ProjectionHead(keras.layers.Layer):
         hidden_dim: width of the hidden layers.
         num_layers: number of linear layers (>= 1).
         batch_norm: batch norm after each hidden linear layer.
-        output_batch_norm: batch norm (without scale and shift learning)
-            after the last linear layer, as in SimCLR v2.
+        output_batch_norm: batch norm after the last linear layer, with a learned
+            scale and no shift, as in SimCLR v2 (Chen et al. 2020c; the scale changes
+            the embedding's direction, so it matters after L2 normalisation).
 
     Example:
 
@@ -65,7 +66,7 @@ class ProjectionHead(keras.layers.Layer):
         if output_batch_norm:
             self.blocks.append(
                 fused_batch_norm.BatchNormalization(
-                    momentum=0.9, epsilon=1e-5, center=False, scale=False, name=f"bn_{last}"
+                    momentum=0.9, epsilon=1e-5, center=False, name=f"bn_{last}"
                 )
             )
 

@@ -18,6 +18,8 @@ from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.common.variables import AutocastScope
 
+_HALF_DTYPES = ("float16", "bfloat16")
+
 
 def _in_place(variables):
     return (
@@ -28,8 +30,9 @@ def _in_place(variables):
 
 
 def lerp_variables(targets, sources, weight):
-    """`target <- (1 - weight) * target + weight * source` for every pair, with `weight` cast
-    to each target's dtype (exactly `target` at weight 0 and `source` at weight 1).
+    """`target <- (1 - weight) * target + weight * source` for every pair (exactly `target`
+    at weight 0 and `source` at weight 1), computed in float32 for 16-bit targets and in
+    the target's dtype otherwise, and rounded to the target's dtype once.
 
     `sources` are variables, tensors or arrays of the targets' shapes; `weight` is a float
     or a scalar tensor.
@@ -50,10 +53,11 @@ def scale_variables(variables, factor):
 def _lerp(targets, sources, weight):
     if not _in_place(targets):
         for target, source in zip(targets, sources, strict=True):
-            w = ops.cast(weight, target.dtype)
-            value = ops.convert_to_tensor(target)
-            source = ops.cast(ops.stop_gradient(ops.convert_to_tensor(source)), target.dtype)
-            target.assign((1 - w) * value + w * source)
+            dtype = "float32" if target.dtype in _HALF_DTYPES else target.dtype
+            w = ops.cast(weight, dtype)
+            value = ops.cast(target.value, dtype)  # (a cast of the variable stays 16-bit on JAX)
+            source = ops.cast(ops.stop_gradient(ops.convert_to_tensor(source)), dtype)
+            target.assign(ops.cast((1 - w) * value + w * source, target.dtype))
         return
     import torch
 
@@ -63,9 +67,17 @@ def _lerp(targets, sources, weight):
             value = target.value
             values, group_sources = groups.setdefault(value.dtype, ([], []))
             values.append(value)
-            group_sources.append(ops.convert_to_tensor(source).detach().to(value.dtype))
+            wide = value.dtype in (torch.float16, torch.bfloat16)
+            source = ops.convert_to_tensor(source).detach()
+            group_sources.append(source.float() if wide else source.to(value.dtype))
         for dtype, (values, group_sources) in groups.items():
-            if isinstance(weight, (int, float)) and dtype in (torch.float32, torch.float64):
+            if dtype in (torch.float16, torch.bfloat16):
+                # In float32 (a 16-bit weight `1 - m` would be off by up to 2**-9 of itself).
+                wide = [value.float() for value in values]
+                w = ops.cast(weight, "float32")
+                torch._foreach_lerp_(wide, group_sources, [w] * len(wide))
+                torch._foreach_copy_(values, wide)
+            elif isinstance(weight, (int, float)):
                 # A Python number is used as is: torch rounds it to these dtypes exactly as a
                 # cast would, and no number becomes a tensor (a host-to-device copy on CUDA).
                 torch._foreach_lerp_(values, group_sources, float(weight))

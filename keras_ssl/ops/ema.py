@@ -12,9 +12,9 @@ def ema_update(teacher_variables, student_variables, momentum):
         theta_teacher <- m * theta_teacher + (1 - m) * theta_student
 
     for every pair of variables, assigned in place; nothing is returned. The
-    arithmetic is done in each teacher variable's dtype (on PyTorch, eagerly, as
-    one multi-tensor `lerp` towards the students with weight `1 - m`, which
-    computes 16-bit tensors in float32). Works eagerly, inside
+    arithmetic is done in float32 for 16-bit teacher variables and in the teacher's
+    dtype otherwise, rounded to the teacher's dtype once (on PyTorch, eagerly, as one
+    multi-tensor `lerp` towards the students with weight `1 - m`). Works eagerly, inside
     a `keras.StatelessScope` (the new values are recorded in the scope) and
     under `torch.no_grad()`. The caller chooses which variables to average
     (typically `teacher.weights` and `student.weights`, so batch-norm

@@ -116,11 +116,13 @@ def linear_warmup_cosine(step, warmup_steps, total_steps, base, final, warmup_st
     2021, App. B: learning rate warmed up over 10 epochs, then cosine to its
     final value; SimCLR and BYOL use the same shape for the learning rate).
 
-        value(k) = warmup_start + (base - warmup_start) * k / W                 for k < W
+        value(k) = warmup_start + (base - warmup_start) * k / (W - 1)           for k < W
         value(k) = cosine_schedule(k - W, K - W, base, final)                   for k >= W
 
-    `K` (`total_steps`) counts the warm-up steps; the value is `final` from
-    step `K` on. With `W = 0` it is a plain cosine schedule.
+    The warm-up is DINO's `np.linspace(warmup_start, base, W)`: it reaches `base` at
+    its last step `W - 1` (and is `warmup_start` alone for `W = 1`); the cosine starts
+    from `base` again at step `W`. `K` (`total_steps`) counts the warm-up steps; the
+    value is `final` from step `K` on. With `W = 0` it is a plain cosine schedule.
 
     Args:
         step: the current step `k`, a scalar tensor or number.
@@ -136,7 +138,7 @@ def linear_warmup_cosine(step, warmup_steps, total_steps, base, final, warmup_st
     Example:
 
     >>> from keras_ssl.ops import linear_warmup_cosine
-    >>> [round(float(linear_warmup_cosine(k, 10, 110, 1.0, 0.0)), 6) for k in (5, 10, 60, 200)]
+    >>> [round(float(linear_warmup_cosine(k, 11, 111, 1.0, 0.0)), 6) for k in (5, 10, 61, 200)]
     [0.5, 1.0, 0.5, 0.0]
     """
     if isinstance(warmup_steps, (int, float)) and warmup_steps < 0:
@@ -154,6 +156,8 @@ def linear_warmup_cosine(step, warmup_steps, total_steps, base, final, warmup_st
     total = ops.cast(total_steps, "float32")
     warmup_start = ops.cast(warmup_start, "float32")
     base = ops.cast(base, "float32")
-    warm = warmup_start + (base - warmup_start) * ops.maximum(step, 0.0) / ops.maximum(warmup, 1.0)
+    warm = warmup_start + (base - warmup_start) * ops.maximum(step, 0.0) / ops.maximum(
+        warmup - 1.0, 1.0
+    )
     cosine = cosine_schedule(step - warmup, total - warmup, base, final)
     return ops.where(step < warmup, warm, cosine)

@@ -39,3 +39,27 @@ def gradients(loss, *arrays, compiled=False):
         np.zeros(np.shape(a)) if g is None else np.asarray(ops.convert_to_numpy(g), np.float64)
         for a, g in zip(arrays, grads, strict=True)
     ]
+
+
+def numeric_gradients(reference, *arrays, step=1e-6):
+    """Central finite differences, in float64, of the scalar NumPy function
+    `reference(*arrays)` w.r.t. each of the (small) `arrays`."""
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    grads = []
+    for index, array in enumerate(arrays):
+        grad = np.zeros_like(array)
+        for position in np.ndindex(array.shape):
+            shifted = [a.copy() for a in arrays]
+            shifted[index][position] += step
+            upper = reference(*shifted)
+            shifted[index][position] -= 2 * step
+            grad[position] = (upper - reference(*shifted)) / (2 * step)
+        grads.append(grad)
+    return grads
+
+
+def assert_gradients_close(got, expected):
+    """Each gradient within 1e-3 of its reference, relative to its largest entry (float32
+    autodiff against float64 finite differences; a dropped or extra term is off by far more)."""
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-3 * np.max(np.abs(e)))

@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.ops import dino_center_update, dino_loss
+from tests._support.gradients import assert_gradients_close, gradients, numeric_gradients
 
 
 def _softmax(x):
@@ -175,3 +176,20 @@ def test_center_update_over_valid_rows_of_all_replicas():
     got = ops.convert_to_numpy(dino_center_update(center, logits, 0.8, global_mean, valid))
     assert seen == [(6, 5)]
     np.testing.assert_allclose(got, 0.8 * center + 0.2 * logits.mean(axis=0), rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_reach_the_students_only():
+    rng = np.random.default_rng(6)
+    s0, s1, s2, t0, t1 = _views(rng, 5, 2, 4)
+    center = rng.normal(size=(4,)).astype("float32")
+
+    def loss(s0, s1, s2, t0, t1, center):
+        return dino_loss([s0, s1, s2], [t0, t1], center, 0.1, 0.04)
+
+    def reference(s0, s1, s2):
+        return _reference_dino([s0, s1, s2], [t0, t1], center, 0.1, 0.04)
+
+    got = gradients(loss, s0, s1, s2, t0, t1, center)
+    assert_gradients_close(got[:3], numeric_gradients(reference, s0, s1, s2))
+    for teacher_side in got[3:]:  # the teachers' outputs and the center
+        np.testing.assert_array_equal(teacher_side, 0.0)

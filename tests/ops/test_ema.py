@@ -98,6 +98,37 @@ def test_teachers_of_several_dtypes_keep_theirs():
     )
 
 
+def _ulp(values, dtype):
+    """Spacing of `dtype` at each of the float64 `values` (float16 or bfloat16)."""
+    if dtype == "float16":
+        return np.spacing(np.abs(values).astype(np.float16)).astype(np.float64)
+    return np.spacing(np.abs(values).astype(np.float32)).astype(np.float64) * 2.0**16
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
+def test_16_bit_teachers_are_rounded_once(dtype, as_tensor):
+    # The update of a 16-bit teacher is its float64 value rounded once to the teacher's
+    # dtype (within half a unit in the last place), whether the momentum is a number or a
+    # tensor, and for float32 as well as 16-bit students.
+    rng = np.random.default_rng(3)
+    teachers = [keras.Variable(rng.normal(size=(2000,)), dtype=dtype) for _ in range(2)]
+    students = [
+        rng.normal(size=(2000,)).astype("float32"),
+        keras.Variable(rng.normal(size=(2000,)), dtype=dtype),
+    ]
+    before = [_float64(t) for t in teachers]
+    momentum = ops.convert_to_tensor(0.996) if as_tensor else 0.996
+    ema_update(teachers, students, momentum)
+    for t, t0, s in zip(teachers, before, students, strict=True):
+        exact = 0.996 * t0 + 0.004 * _float64(s)
+        assert np.max(np.abs(_float64(t) - exact) / _ulp(exact, dtype)) <= 0.51
+
+
+def _float64(x):
+    return ops.convert_to_numpy(ops.cast(ops.convert_to_tensor(x), "float32")).astype(np.float64)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 1.0])
 def test_momentum_zero_copies_and_one_keeps_exactly(momentum):
     teacher0 = np.array([1e8, -3.0, 0.1], "float32")

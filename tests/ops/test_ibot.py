@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.ops import ibot_patch_loss, ibot_patch_loss_from_rows, masked_patch_rows
+from tests._support.gradients import assert_gradients_close, gradients, numeric_gradients
 
 
 def _log_softmax(x):
@@ -146,3 +147,14 @@ def test_loss_from_rows_rejects_bad_shapes():
         ibot_patch_loss_from_rows(x, x, np.ones((3, 1), "float32"), 1)
     with pytest.raises(ValueError, match="masks"):
         masked_patch_rows(np.ones((2, 3, 1), bool), 2)
+
+
+def test_gradients_reach_the_student_only():
+    rng = np.random.default_rng(7)
+    student, teacher, masks = _inputs(rng, 2, 3, 4, mask_ratio=0.6)
+    got = gradients(
+        lambda s, t: ibot_patch_loss(s, t, masks, student_temperature=0.1), student, teacher
+    )
+    expected = numeric_gradients(lambda s: _reference_ibot(s, teacher, masks, 0.1), student)
+    assert_gradients_close(got[:1], expected)
+    np.testing.assert_array_equal(got[1], 0.0)

@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.ops import info_nce_accuracy, info_nce_loss
+from tests._support.gradients import assert_gradients_close, gradients, numeric_gradients
 
 
 def _reference_info_nce(q, k_pos, queue, temperature):
@@ -81,3 +82,14 @@ def test_rejects_bad_shapes():
         info_nce_loss(np.ones((4, 3), "float32"), np.ones((5, 3), "float32"), np.ones((2, 3)))
     with pytest.raises(ValueError, match=r"\(K, D\)"):
         info_nce_loss(np.ones((4, 3), "float32"), np.ones((4, 3), "float32"), np.ones((2, 5)))
+
+
+def test_gradients_equal_reference():
+    # Through the query, its positive key and the queue alike (the op stops nothing; MoCo's
+    # key encoder is outside it).
+    rng = np.random.default_rng(4)
+    q, k_pos = (rng.normal(size=(3, 4)).astype("float32") for _ in range(2))
+    queue = rng.normal(size=(5, 4)).astype("float32")
+    got = gradients(lambda *x: info_nce_loss(*x, temperature=0.2), q, k_pos, queue)
+    expected = numeric_gradients(lambda *x: _reference_info_nce(*x, 0.2), q, k_pos, queue)
+    assert_gradients_close(got, expected)

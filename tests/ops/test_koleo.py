@@ -4,7 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.ops import koleo_loss
-from tests._support.gradients import gradients
+from tests._support.gradients import assert_gradients_close, gradients, numeric_gradients
 
 
 def _reference_koleo(x, eps=1e-8):
@@ -54,3 +54,8 @@ def test_rejects_bad_inputs():
         koleo_loss(np.ones((1, 3), "float32"))
     with pytest.raises(ValueError, match=r"\(n, D\)"):
         koleo_loss(np.ones((3,), "float32"))
+
+
+def test_gradients_equal_reference():
+    x = np.random.default_rng(5).normal(size=(5, 3)).astype("float32")
+    assert_gradients_close(gradients(koleo_loss, x), numeric_gradients(_reference_koleo, x))

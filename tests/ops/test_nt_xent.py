@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from keras_ssl.ops import contrastive_accuracy, nt_xent_loss
+from tests._support.gradients import assert_gradients_close, gradients, numeric_gradients
 
 
 def _reference_nt_xent(z_a, z_b, temperature):
@@ -93,3 +94,12 @@ def test_rejects_bad_shapes():
         nt_xent_loss(np.zeros((4, 3), "float32"), np.zeros((5, 3), "float32"))
     with pytest.raises(ValueError, match="at least 2"):
         nt_xent_loss(np.ones((1, 3), "float32"), np.ones((1, 3), "float32"))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_gradients_equal_reference(temperature):
+    rng = np.random.default_rng(3)
+    z_a, z_b = (rng.normal(size=(3, 4)).astype("float32") for _ in range(2))
+    got = gradients(lambda a, b: nt_xent_loss(a, b, temperature=temperature), z_a, z_b)
+    expected = numeric_gradients(lambda a, b: _reference_nt_xent(a, b, temperature), z_a, z_b)
+    assert_gradients_close(got, expected)

@@ -64,19 +64,25 @@ def test_linspace_schedule_indexes_numpy_linspace(num):
         linspace_schedule(0, 0, 0.04, 0.07)
 
 
-def test_linear_warmup_cosine():
-    cases = [
-        (0, 0.1),
-        (5, 0.1 + 0.9 * 0.5),
-        (10, 1.0),
-        (35, 0.01 + 0.99 * (1 + math.cos(math.pi * 0.25)) / 2),
-        (60, (1.0 + 0.01) / 2),
-        (110, 0.01),
-        (500, 0.01),
+def _dino_cosine_scheduler(base, final, total, warmup, warmup_start):
+    """DINO's `utils.cosine_scheduler` (Caron et al. 2021), written from its definition: a
+    `linspace` warm-up of `warmup` values, then a half cosine over the remaining steps."""
+    warm = np.linspace(warmup_start, base, warmup)
+    steps = np.arange(total - warmup)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / len(steps)))
+    return np.concatenate([warm, cosine])
+
+
+@pytest.mark.parametrize("warmup", [1, 2, 10])
+def test_linear_warmup_cosine_is_dinos_cosine_scheduler(warmup):
+    total = 40
+    reference = _dino_cosine_scheduler(1.0, 0.01, total, warmup, warmup_start=0.1)
+    got = [
+        _value(linear_warmup_cosine(step, warmup, total, 1.0, 0.01, warmup_start=0.1))
+        for step in range(total + 3)
     ]
-    for step, expected in cases:
-        got = _value(linear_warmup_cosine(step, 10, 110, 1.0, 0.01, warmup_start=0.1))
-        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"step {step}")
+    np.testing.assert_allclose(got[:total], reference, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got[total:], 0.01, rtol=1e-6)  # `final` from step K on
 
 
 def test_linear_warmup_cosine_without_warmup_is_cosine():
