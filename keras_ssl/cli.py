@@ -85,6 +85,42 @@ DEMO_RECIPES = {
     ),
 }
 METHODS = tuple(DEMO_RECIPES)
+# The Fashion-MNIST test split of `--limit N` is its first N // 4 images, and the collapse
+# monitor measures at least 2 of them.
+MIN_LIMIT = 8
+
+
+def _int_at_least(minimum):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _directory(text):
+    """An argparse type: the path of an existing directory."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
+    return text
+
+
+def _backbone_name(text):
+    """An argparse type: a name `keras_ssl.backbones.get` knows."""
+    from keras_ssl import backbones
+
+    if text.strip().lower().replace("-", "_") not in backbones.names():
+        raise argparse.ArgumentTypeError(
+            f"unknown backbone {text!r}; choose from {', '.join(backbones.names())}"
+        )
+    return text
 
 
 def _parser():
@@ -101,11 +137,14 @@ def _parser():
     p.add_argument("--method", default="simclr", choices=METHODS)
     p.add_argument(
         "--backbone",
+        type=_backbone_name,
         default=None,
         help="convnet (default), resnet18_cifar, resnet18, ...; dinov2 defaults to a small ViT",
     )
-    p.add_argument("--epochs", type=int, default=None, help="default: 15 (embedded data)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--epochs", type=_int_at_least(1), default=None, help="default: 15 (embedded data)"
+    )
+    p.add_argument("--batch-size", type=_int_at_least(1), default=256)
     p.add_argument("--learning-rate", type=float, default=None, help="default: method's")
     p.add_argument(
         "--data",
@@ -115,22 +154,28 @@ def _parser():
     )
     p.add_argument(
         "--image-folder",
+        type=_directory,
         default=None,
         help="pretrain on this folder of images instead (sub-folders, if any, are classes "
         "and are used for evaluation only)",
     )
-    p.add_argument("--image-size", type=int, default=None, help="default: 28, or 64 for folders")
+    p.add_argument(
+        "--image-size", type=_int_at_least(1), default=None, help="default: 28, or 64 for folders"
+    )
     p.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"))
     p.add_argument("--output-dir", default=None, help="default: keras_ssl_runs/<method>_<backend>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
     p.add_argument("--verbose", type=int, default=1, help="Keras progress bar: 0, 1 or 2")
     p.add_argument(
-        "--limit", type=int, default=None, help="use only the first N Fashion-MNIST images"
+        "--limit",
+        type=_int_at_least(MIN_LIMIT),
+        default=None,
+        help=f"use only the first N Fashion-MNIST images (at least {MIN_LIMIT})",
     )
     p.add_argument(
         "--knn-every",
-        type=int,
+        type=_int_at_least(0),
         default=5,
         help="kNN top-1 on the labelled held-out split every N epochs during training, in the "
         "progress bar and the history (0: off; needs labels)",
@@ -266,8 +311,13 @@ def _pixels(images):
 
 
 def _evaluate(train_features, y_train, test_features, y_test, seed):
+    """kNN and linear-probe top-1 of the features; NaN for a diverged (non-finite) backbone."""
+    import numpy as np
+
     from keras_ssl.eval import knn_accuracy, linear_probe
 
+    if not (np.isfinite(train_features).all() and np.isfinite(test_features).all()):
+        return {"knn_top1": float("nan"), "linear_top1": float("nan")}
     knn = knn_accuracy(train_features, y_train, test_features, y_test, k=20, temperature=0.07)
     probe = linear_probe(
         train_features,

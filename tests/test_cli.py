@@ -127,3 +127,35 @@ def test_image_folder_classes_are_its_visible_sub_folders(tmp_path):
         Namespace(image_folder=str(labelled), image_size=(8, 8), seed=0)
     )
     assert len(x_train) + len(x_test) == 10 and sorted(set(y_train) | set(y_test)) == [0, 1]
+
+
+def test_bad_arguments_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    def load_images(args):
+        raise AssertionError("the arguments should have been refused before loading data")
+
+    monkeypatch.setattr(cli, "_load_images", load_images)
+    refused = {
+        ("--image-folder", "/nonexistent"): "--image-folder: no such directory: '/nonexistent'",
+        ("--batch-size", "0"): "--batch-size: must be at least 1, got 0",
+        ("--epochs", "-1"): "--epochs: must be at least 1, got -1",
+        ("--limit", "3"): "--limit: must be at least 8, got 3",
+        ("--knn-every", "two"): "--knn-every: expected an integer, got 'two'",
+        ("--backbone", "resnet_999"): "--backbone: unknown backbone 'resnet_999'; choose from",
+    }
+    for arguments, message in refused.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["pretrain", "--output-dir", str(tmp_path / "run"), *arguments])
+        assert exit_info.value.code == 2, arguments
+        assert f"keras-ssl pretrain: error: argument {message}" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists(), arguments
+    # The names backbones.get accepts, and the smallest limit, pass.
+    args = cli._parser().parse_args(["pretrain", "--backbone", "ViT-Tiny", "--limit", "8"])
+    assert (args.backbone, args.limit) == ("ViT-Tiny", 8)
+
+
+def test_a_diverged_backbone_scores_nan_not_a_fake_accuracy():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(50, 8)), rng.normal(size=(20, 8))
+    train[7] = np.nan
+    row = cli._evaluate(train, np.arange(50) % 5, test, np.arange(20) % 5, seed=0)
+    assert np.isnan(row["knn_top1"]) and np.isnan(row["linear_top1"])

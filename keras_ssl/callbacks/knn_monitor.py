@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import keras
 import numpy as np
 
+from keras_ssl.eval._checks import check_images, check_labels, input_channels, non_finite_rows
 from keras_ssl.eval.features import feature_model
 from keras_ssl.eval.knn import knn_accuracy
 from keras_ssl.eval.linear import extract_features, linear_probe
@@ -19,7 +21,7 @@ def _labelled(data, name):
         raise ValueError(
             f"`{name}` must be an (images, labels) pair of NumPy arrays, got {type(data)}."
         )
-    images, labels = np.asarray(data[0]), np.asarray(data[1]).reshape(-1)
+    images, labels = np.asarray(data[0]), check_labels(data[1], f"{name} labels", "KNNMonitor")
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(
             f"`{name}` needs one label per image and at least one image; got "
@@ -61,7 +63,9 @@ class KNNMonitor(keras.callbacks.Callback):
     user's, and they read the same ``logs`` dict). On epochs without evaluation the keys
     are absent, so ``history.history["knn_top1"]`` has one value per evaluation; the
     epoch of each is in ``monitor.results`` (``{epoch: {key: value}}``, epochs counted
-    from 1; epoch 0 is the evaluation before training when ``evaluate_at_start``).
+    from 1; epoch 0 is the evaluation before training when ``evaluate_at_start``). When
+    the features are NaN or infinite (a diverged model) the values are NaN, with a
+    warning, and training goes on.
 
     Args:
         labelled_train: ``(images, labels)``: the kNN memory bank / probe training set.
@@ -154,6 +158,17 @@ class KNNMonitor(keras.callbacks.Callback):
             self._feature_model = feature_model(backbone, self.protocol, self.n_last_blocks)
         train = extract_features(self._feature_model, self.train_images, self.batch_size)
         test = extract_features(self._feature_model, self.test_images, self.batch_size)
+        broken = len(non_finite_rows(train)) + len(non_finite_rows(test))
+        if broken:
+            # A diverged model: its accuracy is undefined, not a number to report.
+            keys = [self.knn_key] + ([self.linear_key] if self.linear_probe is not None else [])
+            warnings.warn(
+                f"KNNMonitor: the features of {broken} of {len(train) + len(test)} labelled "
+                f"images are NaN or infinite (the model has diverged); logging {keys} as NaN.",
+                stacklevel=2,
+            )
+            self.seconds += time.time() - started
+            return dict.fromkeys(keys, float("nan"))
         values = {
             self.knn_key: knn_accuracy(
                 train,
@@ -189,6 +204,9 @@ class KNNMonitor(keras.callbacks.Callback):
         # (use_teacher without a teacher, a protocol its backbone lacks) fail before training.
         backbone = monitored_backbone(self.model, self.use_teacher)
         self._feature_model = feature_model(backbone, self.protocol, self.n_last_blocks)
+        channels = input_channels(self._feature_model)
+        check_images(self.train_images, channels, "KNNMonitor")
+        check_images(self.test_images, channels, "KNNMonitor")
         if self.evaluate_at_start:
             self._record(0, self.evaluate())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
+from keras_ssl.eval._checks import check_finite, check_label_range, check_labels
 from keras_ssl.ops.normalize import l2_normalize
 
 __all__ = ["knn_accuracy"]
@@ -38,9 +39,9 @@ def knn_accuracy(
 
     Args:
         train_features: ``(N, D)`` array of train (memory bank) features.
-        train_labels: ``(N,)`` integer labels.
+        train_labels: ``(N,)`` integer labels in ``[0, num_classes)``.
         test_features: ``(M, D)`` array of test features.
-        test_labels: ``(M,)`` integer labels.
+        test_labels: ``(M,)`` integer labels in ``[0, num_classes)``.
         k: number of neighbours (clipped to ``N``). DINO uses 20.
         temperature: ``T`` of the vote weights. DINO uses 0.07.
         num_classes: number of classes; default ``max(label) + 1``.
@@ -50,6 +51,10 @@ def knn_accuracy(
 
     Returns:
         The top-``top`` accuracy on the test set, a Python float in ``[0, 1]``.
+
+    Raises:
+        ValueError: for NaN or infinite features (the message names the rows), labels
+            that are not integers in ``[0, num_classes)``, or inconsistent shapes.
 
     Example:
 
@@ -64,8 +69,8 @@ def knn_accuracy(
     print(knn_accuracy(x[:150], y[:150], x[150:], y[150:], k=5))  # 1.0
     ```
     """
-    train_labels = np.asarray(train_labels).astype("int32").reshape(-1)
-    test_labels = np.asarray(test_labels).astype("int32").reshape(-1)
+    train_labels = check_labels(train_labels, "train_labels", "knn_accuracy")
+    test_labels = check_labels(test_labels, "test_labels", "knn_accuracy")
     train_features = np.asarray(train_features, dtype="float32")
     test_features = np.asarray(test_features, dtype="float32")
     if train_features.ndim != 2 or test_features.ndim != 2:
@@ -82,19 +87,23 @@ def knn_accuracy(
         raise ValueError("Each feature array needs one label per row.")
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError("knn_accuracy needs at least one train and one test row.")
+    check_finite(train_features, "train_features", "knn_accuracy")
+    check_finite(test_features, "test_features", "knn_accuracy")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}.")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    check_label_range(train_labels, num_classes, "train_labels", "knn_accuracy")
+    check_label_range(test_labels, num_classes, "test_labels", "knn_accuracy")
     if not 1 <= top <= num_classes:
         raise ValueError(f"top must be between 1 and the {num_classes} classes, got {top}.")
     k = min(int(k), len(train_features))
 
     bank = l2_normalize(ops.convert_to_tensor(train_features))
     bank_t = ops.transpose(bank)
-    bank_labels = ops.convert_to_tensor(train_labels)
+    bank_labels = ops.convert_to_tensor(train_labels.astype("int32"))
     correct = 0
     for start in range(0, len(test_features), batch_size):
         query = l2_normalize(ops.convert_to_tensor(test_features[start : start + batch_size]))

@@ -9,6 +9,13 @@ import keras
 import numpy as np
 
 from keras_ssl.augment._base import to_unit_float
+from keras_ssl.eval._checks import (
+    check_finite,
+    check_images,
+    check_label_range,
+    check_labels,
+    input_channels,
+)
 
 __all__ = ["LinearProbeResult", "extract_features", "linear_probe"]
 
@@ -103,9 +110,9 @@ def linear_probe(
 
     Args:
         train_features: ``(N, D)`` train features.
-        train_labels: ``(N,)`` integer labels.
+        train_labels: ``(N,)`` integer labels in ``[0, num_classes)``.
         test_features: ``(M, D)`` test features.
-        test_labels: ``(M,)`` integer labels.
+        test_labels: ``(M,)`` integer labels in ``[0, num_classes)``.
         epochs: training epochs.
         batch_size: mini-batch size.
         learning_rate: optimiser learning rate.
@@ -123,6 +130,10 @@ def linear_probe(
     Returns:
         A ``LinearProbeResult`` with ``top1``, ``head``, ``train_top1``, ``num_classes``
         and ``history``.
+
+    Raises:
+        ValueError: for NaN or infinite features (the message names the rows), labels
+            that are not integers in ``[0, num_classes)``, or inconsistent shapes.
 
     Example:
 
@@ -142,16 +153,23 @@ def linear_probe(
     """
     x_train = np.asarray(train_features, dtype="float32")
     x_test = np.asarray(test_features, dtype="float32")
-    y_train = np.asarray(train_labels).astype("int32").reshape(-1)
-    y_test = np.asarray(test_labels).astype("int32").reshape(-1)
+    y_train = check_labels(train_labels, "train_labels", "linear_probe")
+    y_test = check_labels(test_labels, "test_labels", "linear_probe")
     if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
         raise ValueError(
             f"Features must be 2-D with equal widths; got {x_train.shape} and {x_test.shape}."
         )
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError("Each feature array needs one label per row.")
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise ValueError("linear_probe needs at least one train and one test row.")
+    check_finite(x_train, "train_features", "linear_probe")
+    check_finite(x_test, "test_features", "linear_probe")
     if num_classes is None:
         num_classes = int(max(y_train.max(), y_test.max())) + 1
+    check_label_range(y_train, num_classes, "train_labels", "linear_probe")
+    check_label_range(y_test, num_classes, "test_labels", "linear_probe")
+    y_train, y_test = y_train.astype("int32"), y_test.astype("int32")
     dim = x_train.shape[1]
 
     # The head computes in float32 under any global dtype policy, as DINO's linear
@@ -220,11 +238,17 @@ def extract_features(model, images, batch_size=256):
 
     Args:
         model: a keras model mapping ``(B, H, W, C)`` images to ``(B, D)`` features.
-        images: NumPy array ``(N, H, W)`` or ``(N, H, W, C)``.
+        images: NumPy array ``(N, H, W)`` or ``(N, H, W, C)``, channels last.
         batch_size: images per forward pass.
 
     Returns:
         float32 NumPy array of the model's outputs for all ``N`` images, in order.
+
+    Raises:
+        ValueError: for a single image without a batch axis (a 3-D array whose last axis
+            is 1, 3 or the model's channel count), images whose channel count is not the
+            model's (e.g. channels_first), or a model with several outputs (a dict, such
+            as a ViT's ``output="tokens"``).
 
     Example:
 
@@ -244,18 +268,25 @@ def extract_features(model, images, batch_size=256):
     print(knn_accuracy(f_train, y_train, f_test, y_test))
     ```
     """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}.")
-    if len(images) == 0:
-        raise ValueError("extract_features got no images.")
+    images = check_images(np.asarray(images), input_channels(model), "extract_features")
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         # Integer images to [0, 1], as the trainer takes them (`to_unit_float`).
         batch = to_unit_float(batch).astype("float32", copy=False)
         out = model.predict_on_batch(batch)
+        if isinstance(out, dict):
+            raise ValueError(
+                "extract_features needs a model with one (B, D) output, but this one returns "
+                f"a dict with keys {sorted(out)} (as a ViT built with output='tokens' "
+                "does). Use a ViT with output='cls' (the default), "
+                "keras_ssl.eval.feature_model(vit, 'last_blocks_cls'), or pick one output: "
+                "`keras.Model(model.inputs, model.output['cls'])`."
+            )
+        if isinstance(out, (list, tuple)):
+            raise ValueError(
+                "extract_features needs a model with one (B, D) output, but this one returns "
+                f"{len(out)} outputs. Pick one: `keras.Model(model.inputs, model.outputs[i])`."
+            )
         outputs.append(np.asarray(keras.ops.convert_to_numpy(out), dtype="float32"))
     return np.concatenate(outputs, axis=0)

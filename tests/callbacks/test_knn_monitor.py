@@ -72,3 +72,42 @@ def test_teacher_features_and_errors():
         KNNMonitor((train[0], train[1][:3]), test)
     with pytest.raises(ValueError, match="every_n_epochs"):
         KNNMonitor(train, test, every_n_epochs=0)
+
+
+def test_a_diverged_model_logs_nan_and_training_goes_on():
+    # NaN features used to score about 1.0 (NaN votes never outrank the true class). A
+    # ViT's features are NaN with NaN weights (a ConvNet's ReLU maps NaN to 0).
+    train, test = _data(32, 6), _data(16, 7)
+    vit = keras_ssl.backbones.ViT(
+        patch_size=8, hidden_dim=16, depth=1, num_heads=2, input_channels=1, pretrain_image_size=16
+    )
+    model = keras_ssl.SimCLR(
+        vit, augmenter=keras_ssl.augment.SimCLRAugment.small_images(16, seed=0), projection_dim=8
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    for weight in vit.weights:
+        weight.assign(np.full(weight.shape, np.nan, dtype=weight.dtype))
+    monitor = KNNMonitor(train, test, k=5, linear_probe={"epochs": 1}, evaluate_at_start=True)
+    with pytest.warns(UserWarning, match="NaN or infinite.*diverged"):
+        history = model.fit(
+            _data(32, 8)[0], batch_size=16, epochs=2, verbose=0, callbacks=[monitor]
+        )
+    assert len(history.history["loss"]) == 2
+    assert sorted(monitor.results) == [0, 1, 2]
+    for key in ("knn_top1", "linear_top1"):
+        assert len(history.history[key]) == 2 and np.isnan(history.history[key]).all(), key
+
+
+def test_bad_labels_and_channels_first_images_are_refused_before_training():
+    train, test = _data(32, 3), _data(16, 4)
+    with pytest.raises(ValueError, match="labelled_train labels must be class indices.*-1"):
+        KNNMonitor((train[0], train[1] - 1), test)
+    model = _model()
+    model.compile(optimizer="adam")
+    channels_first = (test[0].transpose(0, 3, 1, 2), test[1])
+    with pytest.raises(ValueError, match=r"KNNMonitor got images of shape \(16, 1, 16, 16\)"):
+        model.fit(
+            _data(32, 5)[0], batch_size=16, epochs=1, verbose=0,
+            callbacks=[KNNMonitor(train, channels_first)],
+        )  # fmt: skip
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0

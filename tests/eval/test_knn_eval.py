@@ -135,3 +135,37 @@ def test_tied_votes_are_one_prediction_not_a_hit_for_every_tied_class():
         got = knn_accuracy(train_x, train_y, test_x, labels, k=40, num_classes=10, top=top)
         expected = _reference_knn(train_x, train_y, test_x, labels, 40, 0.07, 10, top=top)
         assert got == expected == accuracy
+
+
+def test_non_finite_features_are_refused_with_their_rows():
+    # A NaN similarity makes the votes NaN, and NaN compares false with every vote, so a
+    # NaN row used to rank every true class first: about 1.0 instead of the clean 0.05.
+    rng = np.random.default_rng(0)
+    train_x, test_x = rng.normal(size=(50, 8)), rng.normal(size=(20, 8))
+    train_y, test_y = np.arange(50) % 5, np.arange(20) % 5
+    assert knn_accuracy(train_x, train_y, test_x, test_y) == pytest.approx(0.05)
+    train_x[7] = np.nan
+    with pytest.raises(
+        ValueError, match=r"NaN or infinite train_features in 1 of 50 rows \(rows 7\)"
+    ):
+        knn_accuracy(train_x, train_y, test_x, test_y)
+    train_x[7] = 0.0
+    test_x[[2, 4]] = np.inf
+    with pytest.raises(ValueError, match=r"test_features in 2 of 20 rows \(rows 2, 4\)"):
+        knn_accuracy(train_x, train_y, test_x, test_y)
+
+
+def test_labels_must_be_class_indices_below_num_classes():
+    x = np.eye(4, 3)
+    labels = [0, 1, 2, 0]
+    with pytest.raises(ValueError, match=r"test_labels must be below num_classes=3.*largest 5"):
+        knn_accuracy(x, labels, x[:1], [5], num_classes=3)
+    with pytest.raises(ValueError, match="train_labels must be below num_classes=2"):
+        knn_accuracy(x, labels, x[:1], [0], num_classes=2)
+    # A negative label used to vote for the last class (votes[:, -1]) without a word.
+    with pytest.raises(ValueError, match="test_labels must be class indices.*got -1"):
+        knn_accuracy(x, labels, x[:1], [-1], num_classes=3)
+    with pytest.raises(ValueError, match="integer class indices, got the value 1.5"):
+        knn_accuracy(x, labels, x[:1], [1.5])
+    # Integral floats are class indices too.
+    assert knn_accuracy(x, np.asarray(labels, "float32"), x[1:2], [1.0], k=1) == 1.0

@@ -96,3 +96,42 @@ def test_extract_features_uint8_and_channel_axis():
     np.testing.assert_allclose(extract_features(model, wide), features, rtol=1e-6)
     floats = np.ones((3, 6, 6, 1), dtype="float64") * 2
     np.testing.assert_allclose(extract_features(model, floats), 2.0)
+
+
+def test_non_finite_features_and_bad_labels_are_refused():
+    rng = np.random.default_rng(4)
+    x, y = _separable(rng, 60, classes=5)
+    nan = x.copy()
+    nan[[3, 10]] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite train_features in 2 of 40 rows"):
+        linear_probe(nan[:40], y[:40], x[40:], y[40:], epochs=1)
+    with pytest.raises(ValueError, match=r"test_features in 1 of 20 rows \(rows 3\)"):
+        linear_probe(x[:40], y[:40], nan[7:27], y[40:], epochs=1)
+    # Labels up to 4 for a 3-class head: JAX's loss reads out of range without an error.
+    with pytest.raises(ValueError, match="train_labels must be below num_classes=3"):
+        linear_probe(x[:40], y[:40], x[40:], y[40:], num_classes=3, epochs=1)
+    negative = y[40:].copy()
+    negative[5] = -2
+    with pytest.raises(ValueError, match="test_labels must be class indices.*got -2"):
+        linear_probe(x[:40], y[:40], x[40:], negative, epochs=1)
+
+
+def test_extract_features_refuses_layouts_the_model_does_not_take():
+    from keras_ssl.backbones import ViT
+
+    vit = ViT(patch_size=8, hidden_dim=16, depth=1, num_heads=2, pretrain_image_size=16)
+    images = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    assert extract_features(vit, images).shape == (2, 16)
+    with pytest.raises(ValueError, match=r"look channels_first.*images.transpose\(0, 2, 3, 1\)"):
+        extract_features(vit, images.transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match=r"one image \(H, W, C\) without a batch axis"):
+        extract_features(vit, images[0])
+    with pytest.raises(ValueError, match=r"1 channel\(s\).*\(N, H, W, 3\)"):
+        extract_features(vit, images[..., 0])  # grey-scale into an RGB model
+    tokens = ViT(
+        patch_size=8, hidden_dim=16, depth=1, num_heads=2, pretrain_image_size=16, output="tokens"
+    )
+    with pytest.raises(
+        ValueError, match=r"returns a dict with keys \['cls', 'patches'.*output='cls'"
+    ):
+        extract_features(tokens, images)
