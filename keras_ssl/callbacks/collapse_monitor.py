@@ -178,6 +178,11 @@ class CollapseMonitor(keras.callbacks.Callback):
     def diagnose(self, figures, logs=None):
         """The collapse symptoms in ``figures`` (and the loss in ``logs``), as sentences."""
         symptoms = []
+        if not all(math.isfinite(value) for value in figures.values()):
+            symptoms.append(
+                "the features are NaN or infinite: training has diverged "
+                f"({', '.join(f'{k} {v:.3g}' for k, v in figures.items())})"
+            )
         dim = self._feature_dim()
         ratio = figures["embedding_std"] * math.sqrt(dim)
         if ratio < self.min_std_ratio:

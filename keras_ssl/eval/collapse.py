@@ -64,7 +64,8 @@ def effective_rank(embeddings, eps=1e-7):
         eps: the paper's ``epsilon``.
 
     Returns:
-        A Python float.
+        A Python float; NaN when the embeddings hold NaN or infinite values (a diverged
+        model).
 
     Example:
 
@@ -78,6 +79,8 @@ def effective_rank(embeddings, eps=1e-7):
     ```
     """
     z = _as_matrix(embeddings)
+    if not np.isfinite(z).all():
+        return float("nan")  # (the SVD would raise)
     sigma = np.linalg.svd(z, compute_uv=False)
     total = sigma.sum()
     if total <= 0.0:

@@ -14,21 +14,26 @@ def _images(n, seed=0):
     return np.random.default_rng(seed).random((n, 8, 8, 1)).astype("float32")
 
 
-def _backbone(collapsed):
-    """A frozen backbone: constant output (collapsed) or a random projection (healthy)."""
+def _backbone(collapsed, diverged=False):
+    """A frozen backbone: constant output (collapsed), NaN output (diverged) or a random
+    projection (healthy)."""
+    if diverged:
+        bias = keras.initializers.Constant(float("nan"))
+    else:
+        bias = "ones" if collapsed else "zeros"
     dense = keras.layers.Dense(
         16,
         kernel_initializer="zeros" if collapsed else keras.initializers.RandomNormal(seed=1),
-        bias_initializer="ones" if collapsed else "zeros",
+        bias_initializer=bias,
     )
     backbone = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), dense])
     backbone.trainable = False
     return backbone
 
 
-def _simclr(collapsed):
+def _simclr(collapsed, diverged=False):
     model = keras_ssl.SimCLR(
-        _backbone(collapsed),
+        _backbone(collapsed, diverged),
         augmenter=keras_ssl.augment.SimCLRAugment.small_images(8, seed=0),
         projection_dim=4,
         hidden_dim=8,
@@ -52,6 +57,17 @@ def test_fires_on_a_collapsed_embedding_and_stops_fit():
     assert len(messages) == 1 and "Try:" in messages[0]
     assert history.history["embedding_std"][0] < 1e-6
     assert history.history["effective_rank"][0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_diverged_backbone_is_reported_not_measured():
+    # NaN features: RankMe is NaN (its SVD used to raise), and NaN figures, which pass every
+    # threshold, are a symptom of their own.
+    monitor = CollapseMonitor(_images(64), stop_on_collapse=True)
+    model = _simclr(collapsed=True, diverged=True)
+    with pytest.warns(CollapseWarning, match="NaN or infinite: training has diverged"):
+        history = model.fit(_images(32, 1), batch_size=16, epochs=3, verbose=0, callbacks=[monitor])
+    assert len(history.history["loss"]) == 1 and monitor.collapsed
+    assert math.isnan(history.history["effective_rank"][0])
 
 
 def test_quiet_on_a_healthy_embedding():

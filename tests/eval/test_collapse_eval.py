@@ -43,3 +43,10 @@ def test_normalized_std_of_collapsed_and_isotropic_embeddings():
 def test_distribution_entropy():
     p = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
     np.testing.assert_allclose(distribution_entropy(p), [math.log(4), 0.0, math.log(2)], atol=1e-9)
+
+
+def test_non_finite_embeddings_have_no_rank():
+    z = np.random.default_rng(0).normal(size=(8, 4))
+    for bad in (np.nan, np.inf):
+        z[2, 1] = bad
+        assert np.isnan(effective_rank(z))
