@@ -227,15 +227,17 @@ def interpolate_grid(grid, out_size, offset=0.1, antialias=False):
     """Bicubic resize of a ``(..., H, W, D)`` grid to ``out_size = (h, w)`` (static shapes).
 
     Backend-independent equivalent of torch's bicubic ``interpolate`` (see
-    :func:`bicubic_matrix`) applied to the two axes before the last one.
+    :func:`bicubic_matrix`) applied to the two axes before the last one. A 16-bit grid
+    is resized in float32 and rounded to its dtype once, as DINOv2 and transformers do.
     """
     in_h, in_w = grid.shape[-3], grid.shape[-2]
     out_h, out_w = out_size
-    dtype = grid.dtype
-    wh = ops.convert_to_tensor(bicubic_matrix(in_h, out_h, offset, antialias), dtype=dtype)
-    ww = ops.convert_to_tensor(bicubic_matrix(in_w, out_w, offset, antialias), dtype=dtype)
-    grid = ops.einsum("hm,...mnd->...hnd", wh, grid)
-    return ops.einsum("wn,...hnd->...hwd", ww, grid)
+    dtype = keras.backend.standardize_dtype(grid.dtype)
+    compute = "float64" if dtype == "float64" else "float32"
+    wh = ops.convert_to_tensor(bicubic_matrix(in_h, out_h, offset, antialias), dtype=compute)
+    ww = ops.convert_to_tensor(bicubic_matrix(in_w, out_w, offset, antialias), dtype=compute)
+    grid = ops.einsum("hm,...mnd->...hnd", wh, ops.cast(grid, compute))
+    return ops.cast(ops.einsum("wn,...hnd->...hwd", ww, grid), dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +312,10 @@ class ViTPositionEmbedding(keras.layers.Layer):
     ``H == W``, the test of DINO's ``interpolate_pos_encoding``. With static sizes (JAX,
     torch and TensorFlow graphs traced for one size) the interpolation matrices are
     NumPy constants; otherwise (a TensorFlow graph retraced with unknown image size) they
-    are computed in the graph by :func:`bicubic_matrix_dynamic`.
+    are computed in the graph by :func:`bicubic_matrix_dynamic`. Under mixed precision the
+    embeddings are read and interpolated in their float32 variable dtype and rounded to
+    the compute dtype once, when they are added (DINOv2 and transformers interpolate in
+    float32 too).
     """
 
     def __init__(
@@ -332,6 +337,7 @@ class ViTPositionEmbedding(keras.layers.Layer):
             shape=(1, 1 + self.grid_size**2, self.hidden_dim),
             initializer=_trunc_normal(),
             name="embeddings",
+            autocast=False,  # read in the variable dtype: `call` rounds them once
         )
         self.built = True
 
@@ -591,9 +597,13 @@ class SwiGLU(keras.layers.Layer):
 # ---------------------------------------------------------------------------
 
 
-def _dense(units, name):
+def _dense(units, name, dtype):
     return fused_dense.Dense(
-        units, kernel_initializer=_trunc_normal(), bias_initializer="zeros", name=name
+        units,
+        kernel_initializer=_trunc_normal(),
+        bias_initializer="zeros",
+        name=name,
+        dtype=dtype,
     )
 
 
@@ -613,9 +623,15 @@ def _build_layers(
     interpolation_antialias,
     use_mask_token,
     mlp="gelu",
+    mlp_dim=None,
+    dtype=None,
 ):
     fan_in = input_channels * patch_size * patch_size
     bound = 1.0 / math.sqrt(fan_in)
+
+    def norm(name):
+        return LayerNormalization(epsilon=layer_norm_epsilon, name=name, dtype=dtype)
+
     layers = {
         # torch's default Conv2d init (kaiming_uniform a=sqrt(5)): U(+-1/sqrt(fan_in)).
         "patch_embed": keras.layers.Conv2D(
@@ -629,49 +645,52 @@ def _build_layers(
             ),
             bias_initializer=keras.initializers.RandomUniform(-bound, bound),
             name="patch_embed",
+            dtype=dtype,
         ),
-        "cls_token": ViTClassToken(hidden_dim, name="cls_token"),
+        "cls_token": ViTClassToken(hidden_dim, name="cls_token", dtype=dtype),
         "pos_embed": ViTPositionEmbedding(
             grid_size,
             hidden_dim,
             interpolation_offset=interpolation_offset,
             interpolation_antialias=interpolation_antialias,
             name="pos_embed",
+            dtype=dtype,
         ),
-        "norm": LayerNormalization(epsilon=layer_norm_epsilon, name="norm"),
+        "norm": norm("norm"),
     }
     if use_mask_token:
-        layers["mask_token"] = ViTMaskToken(hidden_dim, name="mask_token")
+        layers["mask_token"] = ViTMaskToken(hidden_dim, name="mask_token", dtype=dtype)
     if num_register_tokens:
         layers["register_tokens"] = ViTRegisterTokens(
-            num_register_tokens, hidden_dim, name="register_tokens"
+            num_register_tokens, hidden_dim, name="register_tokens", dtype=dtype
         )
     if mlp == "swiglu":
-        hidden_mlp = swiglu_hidden_dim(hidden_dim, mlp_ratio)
+        hidden_mlp = mlp_dim or swiglu_hidden_dim(hidden_dim, mlp_ratio)
         fc1_units, act = 2 * hidden_mlp, SwiGLU
     else:
-        hidden_mlp = int(hidden_dim * mlp_ratio)
+        hidden_mlp = mlp_dim or int(hidden_dim * mlp_ratio)
         fc1_units, act = hidden_mlp, ExactGELU
     for i in range(depth):
         p = f"blocks_{i}"
-        layers[f"{p}_norm1"] = LayerNormalization(epsilon=layer_norm_epsilon, name=f"{p}_norm1")
+        layers[f"{p}_norm1"] = norm(f"{p}_norm1")
         layers[f"{p}_attn_qkv"] = fused_dense.Dense(
             3 * hidden_dim,
             use_bias=qkv_bias,
             kernel_initializer=_trunc_normal(),
             name=f"{p}_attn_qkv",
+            dtype=dtype,
         )
-        layers[f"{p}_attn"] = ViTAttention(num_heads, name=f"{p}_attn")
-        layers[f"{p}_attn_proj"] = _dense(hidden_dim, f"{p}_attn_proj")
-        layers[f"{p}_add1"] = keras.layers.Add(name=f"{p}_add1")
-        layers[f"{p}_norm2"] = LayerNormalization(epsilon=layer_norm_epsilon, name=f"{p}_norm2")
-        layers[f"{p}_mlp_fc1"] = _dense(fc1_units, f"{p}_mlp_fc1")
-        layers[f"{p}_mlp_act"] = act(name=f"{p}_mlp_act")
-        layers[f"{p}_mlp_fc2"] = _dense(hidden_dim, f"{p}_mlp_fc2")
-        layers[f"{p}_add2"] = keras.layers.Add(name=f"{p}_add2")
+        layers[f"{p}_attn"] = ViTAttention(num_heads, name=f"{p}_attn", dtype=dtype)
+        layers[f"{p}_attn_proj"] = _dense(hidden_dim, f"{p}_attn_proj", dtype)
+        layers[f"{p}_add1"] = keras.layers.Add(name=f"{p}_add1", dtype=dtype)
+        layers[f"{p}_norm2"] = norm(f"{p}_norm2")
+        layers[f"{p}_mlp_fc1"] = _dense(fc1_units, f"{p}_mlp_fc1", dtype)
+        layers[f"{p}_mlp_act"] = act(name=f"{p}_mlp_act", dtype=dtype)
+        layers[f"{p}_mlp_fc2"] = _dense(hidden_dim, f"{p}_mlp_fc2", dtype)
+        layers[f"{p}_add2"] = keras.layers.Add(name=f"{p}_add2", dtype=dtype)
         if layer_scale_init is not None:
-            layers[f"{p}_ls1"] = LayerScale(layer_scale_init, name=f"{p}_ls1")
-            layers[f"{p}_ls2"] = LayerScale(layer_scale_init, name=f"{p}_ls2")
+            layers[f"{p}_ls1"] = LayerScale(layer_scale_init, name=f"{p}_ls1", dtype=dtype)
+            layers[f"{p}_ls2"] = LayerScale(layer_scale_init, name=f"{p}_ls2", dtype=dtype)
     return layers
 
 
@@ -746,7 +765,7 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         hidden_dim: token width ``D``.
         depth: number of transformer blocks.
         num_heads: attention heads (``hidden_dim`` must be divisible by it).
-        mlp_ratio: MLP hidden width as a multiple of ``hidden_dim``.
+        mlp_ratio: MLP hidden width as a multiple of ``hidden_dim`` (see ``mlp``).
         input_channels: image channels.
         num_register_tokens: register tokens ``R`` (Darcet et al., 2024), inserted after
             the CLS token without position embedding.
@@ -764,10 +783,15 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
             ``int(hidden_dim * mlp_ratio)``) or ``"swiglu"`` (DINOv2 ViT-g: ``fc1`` to
             ``2 * H``, :class:`SwiGLU`, ``fc2``, with ``H =``
             :func:`swiglu_hidden_dim` ``(hidden_dim, mlp_ratio)``).
+        mlp_dim: the MLP hidden width itself (GELU: ``fc1``'s units; SwiGLU: ``H``),
+            replacing the width ``mlp_ratio`` gives; for checkpoints whose width is no
+            exact multiple of ``hidden_dim`` (transformers' ``intermediate_size``).
         use_mask_token: create the learned ``mask_token`` used by
             :meth:`forward_features` ``masks`` (``D`` extra parameters; the official DINO
             v1 backbones have none).
         output: ``"cls"`` (default) or ``"tokens"`` (dict, see above).
+        dtype: dtype policy of every layer, e.g. ``"mixed_bfloat16"``; None takes the
+            global policy.
         **kwargs: ``keras.Model`` arguments such as ``name`` or ``trainable``.
 
     Attributes:
@@ -805,6 +829,8 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         use_mask_token=True,
         output="cls",
         mlp="gelu",
+        mlp_dim=None,
+        dtype=None,
         **kwargs,
     ):
         if output not in _OUTPUTS:
@@ -827,8 +853,14 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
             raise ValueError(
                 f"`pretrain_image_size` ({pretrain_image_size}) must be >= `patch_size`."
             )
+        if mlp_dim is not None:
+            mlp_dim = int(mlp_dim)
+            if mlp_dim < 1:
+                raise ValueError(f"`mlp_dim` must be positive or None, got {mlp_dim}.")
         if layer_scale_init is not None:
             layer_scale_init = float(layer_scale_init)
+        # keras.Model's functional constructor ignores `dtype`: each layer takes it.
+        policy = None if dtype is None else keras.dtype_policies.get(dtype)
         layers = _build_layers(
             patch_size,
             hidden_dim,
@@ -845,6 +877,8 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
             interpolation_antialias,
             use_mask_token,
             mlp,
+            mlp_dim,
+            policy,
         )
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
         features = _encode(
@@ -857,6 +891,8 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         )
         outputs = features["cls"] if output == "cls" else features
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        if policy is not None:
+            self.dtype_policy = policy
 
         # === Config ===
         self.patch_size = patch_size
@@ -874,6 +910,8 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         self.interpolation_antialias = bool(interpolation_antialias)
         self.use_mask_token = bool(use_mask_token)
         self.mlp = mlp
+        self.mlp_dim = mlp_dim
+        self._dtype_argument = None if policy is None else policy.name
         self.output_type = output
         self.output_dim = hidden_dim
         self.grid_size = grid_size
@@ -969,6 +1007,8 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
             "use_mask_token": self.use_mask_token,
             "output": self.output_type,
             "mlp": self.mlp,
+            "mlp_dim": self.mlp_dim,
+            "dtype": self._dtype_argument,
         }
 
     @classmethod

@@ -14,6 +14,7 @@ from keras_ssl.presets.sources import (
     HF_PREFIX,
     HubSource,
     LocalSource,
+    is_repo_id,
     parse_hf_handle,
     verify_sha256,
 )
@@ -77,13 +78,16 @@ def from_preset(
             teacher for DINO / DINOv2, whose teacher is the published one; the online
             encoder otherwise), ``"student"`` or ``"teacher"``.
         revision: overrides the card's or the handle's revision (a commit sha is best).
+            An ``hf://`` handle without ``@revision`` of a repository a card names takes
+            the card's revision.
         cache_dir, local_files_only, force_download, token: passed to
             ``huggingface_hub.hf_hub_download``; None uses huggingface_hub's settings.
         **config_overrides: backbone config changes applied before the weights are
             loaded, e.g. ``output="tokens"`` for a ViT or ``pooling=None`` for a ResNet.
             For a method preset they change the selected encoder (the method's own
             options, e.g. DINO's ``output_dim``, are refused); with ``include_head`` they
-            must keep the encoder's outputs the head takes.
+            must keep the encoder's outputs the head takes. Names the backbone class
+            does not take are refused.
 
     Returns:
         ``LoadedPreset(model, preprocessing)``: the model and a
@@ -91,7 +95,8 @@ def from_preset(
         none).
 
     Raises:
-        PresetError: unknown name (the message lists the known ones), offline without a
+        PresetError: unknown name (the message lists the known ones), a directory that
+            does not exist, an override the backbone does not take, offline without a
             cached copy, missing files, sha256 mismatch, corrupt safetensors or
             ``.weights.h5``, weights that do not fit, a preset from a newer keras_ssl,
             or a source that needs ``tools/convert_checkpoint.py``.
@@ -130,9 +135,11 @@ def from_preset(
     if handle_text.startswith(HF_PREFIX):
         repo, handle_revision = parse_hf_handle(handle_text)
         card = registry.find_card_for_repo(repo)
+        card_revision = None
         if card is not None:
             _check_card(card)
-        source = HubSource(repo, revision or handle_revision, **hub)
+            card_revision = card["source"].get("revision")  # its sha256s are of that one
+        source = HubSource(repo, revision or handle_revision or card_revision, **hub)
         return _load_from_source(source, card, options, config_overrides)
     if isinstance(handle, str) and registry.NAME_PATTERN.match(handle) and ".." not in handle:
         if handle in registry.list_presets() or not os.path.isdir(handle):
@@ -145,8 +152,23 @@ def from_preset(
             f"{handle_text!r} is a file; a local preset is a directory (config.json, "
             "model.weights.h5, metadata.json)."
         )
-    registry.check_name(handle_text)  # a path-like handle that does not exist
+    if not isinstance(handle, str) or any(sep and sep in handle for sep in _SEPARATORS):
+        raise PresetError(_no_directory_message(handle_text))
+    registry.check_name(handle_text)  # not a name either: says why, with a suggestion
     raise PresetError(f"No preset, Hub handle or directory {handle_text!r}.")
+
+
+_SEPARATORS = ("/", os.sep, os.altsep)
+
+
+def _no_directory_message(path):
+    message = (
+        f"The directory {path!r} does not exist ({os.path.abspath(path)}). Pass an existing "
+        "preset directory, a preset name (keras_ssl.presets.list_presets()) or 'hf://org/name'."
+    )
+    if is_repo_id(path):
+        message += f" For the Hugging Face repository, pass 'hf://{path}'."
+    return message
 
 
 def _check_card(card):
@@ -211,12 +233,12 @@ def _load_from_source(source, card, options, overrides):
 
 
 def _no_head_message(card, options):
-    what = "the pretraining model" if options["task"] == "pretraining" else "a head"
+    what = "pretraining model" if options["task"] == "pretraining" else "head"
     full = card.get("full_checkpoint")
     if full:
         command = full.get("convert_with") or "tools/convert_checkpoint.py"
         return (
-            f"Preset {card['name']!r} holds the backbone only; {what} comes with the full "
+            f"Preset {card['name']!r} holds the backbone only; the {what} comes with the full "
             f"checkpoint ({full.get('url')}). Convert it with `python {command} "
             f"--card {card['name']} --checkpoint <downloaded full checkpoint> --output <dir>` and "
             "load <dir>."
@@ -367,6 +389,7 @@ def _convert(source, card, source_config, overrides):
     cls = getattr(backbones, class_name, None)
     if not isinstance(cls, type) or not issubclass(cls, keras.Model):
         raise PresetError(f"Preset {card['name']!r}: unknown backbone class {class_name!r}.")
+    native.check_overrides(cls, overrides, f"Preset {card['name']!r}")
     weights = _read_weights(source, card)  # fetched and verified before the (slow) build
     try:
         backbone = cls(**config)

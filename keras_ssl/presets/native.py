@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ssl.presets.errors import PresetError
+from keras_ssl.presets.errors import PresetError, closest
 from keras_ssl.presets.sources import (
     HF_PREFIX,
     LocalSource,
@@ -146,6 +146,8 @@ def save_to_preset(model, preset_dir, metadata=None, preprocessing=None):
     if preprocessing is not None:
         text = _to_json(preprocessing, "preprocessing")
         (preset_dir / PREPROCESSING_FILE).write_text(text, encoding="utf-8")
+    else:  # an earlier save's file would pair these weights with its preprocessing
+        (preset_dir / PREPROCESSING_FILE).unlink(missing_ok=True)
     model.save_weights(str(preset_dir / WEIGHTS_FILE), overwrite=True)
     optimizer = getattr(model, "optimizer", None)
     if trainer and optimizer is not None and optimizer.built:
@@ -181,8 +183,19 @@ def _restore_optimizer(model, source):
     weights_path = _verified_file(source, OPTIMIZER_WEIGHTS_FILE, required=False)
     if config_path is None or weights_path is None:
         return False
-    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    optimizer = keras.optimizers.deserialize(config)
+    config = read_json(config_path, f"{source.description}: {OPTIMIZER_CONFIG_FILE}")
+    fix = (
+        f"Save the preset again with save_to_preset, or delete {OPTIMIZER_CONFIG_FILE} and "
+        f"{OPTIMIZER_WEIGHTS_FILE} and compile the model with a fresh optimizer."
+    )
+    what = "Keras optimizer"
+    try:
+        optimizer = keras.optimizers.deserialize(config)
+    except (TypeError, ValueError) as error:
+        raise PresetError(_not_a(source, OPTIMIZER_CONFIG_FILE, what, error, fix)) from None
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        reason = f"it gives {optimizer!r}"
+        raise PresetError(_not_a(source, OPTIMIZER_CONFIG_FILE, what, reason, fix))
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
     try:
@@ -209,10 +222,19 @@ def _restore_optimizer(model, source):
 
 
 def read_json(path, what):
+    """The JSON object (a dict) in file ``path``; ``what`` names the file in errors."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise PresetError(f"{what} ({path}) is not readable JSON: {error}.") from None
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        raise PresetError(
+            f"{what} ({path}) holds {kind.get(type(value), 'a number')}, not a JSON object: "
+            "the file is damaged, or is not the file keras_ssl expects under that name. Copy "
+            "or download the preset again."
+        )
+    return value
 
 
 def _verified_file(source, name, required=True, metadata=None):
@@ -262,8 +284,47 @@ def is_method_config(config):
 
 def _method_options(method):
     """The keyword arguments ``type(method)`` takes (``DINO``: ``output_dim``, ...)."""
-    parameters = inspect.signature(type(method)).parameters.values()
+    return _named_parameters(type(method))
+
+
+def _named_parameters(cls):
+    """The named arguments of ``cls``'s constructor (not ``*args`` / ``**kwargs``)."""
+    parameters = inspect.signature(cls).parameters.values()
     return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+# What keras.Model's functional constructor takes besides a class's own arguments; it
+# ignores every other keyword without a word.
+_MODEL_ARGUMENTS = ("name", "trainable")
+
+
+def check_overrides(cls, overrides, where, config=()):
+    """Refuses ``from_preset`` overrides that are not options of model class ``cls``.
+
+    A functional ``keras.Model`` swallows keyword arguments it does not know, so a
+    misspelled override (``outptu="tokens"``) would load the default model silently.
+
+    Args:
+        cls: the class the overrides go to (e.g. ``ViT``).
+        overrides: the override names and values.
+        where: the preset's description for the message.
+        config: the saved config's keys, valid too (``name``, ``trainable``).
+
+    Raises:
+        PresetError: naming each unknown override, the closest valid name and the
+            valid ones.
+    """
+    valid = _named_parameters(cls) | set(_MODEL_ARGUMENTS) | set(config)
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        named = []
+        for name in unknown:
+            guess = closest(name, valid)
+            named.append(f"{name!r}" + (f" (did you mean {guess!r}?)" if guess else ""))
+        raise PresetError(
+            f"{where}: {cls.__name__} has no option {', '.join(named)}. Valid overrides: "
+            f"{', '.join(sorted(valid))}."
+        )
 
 
 def rebuild_with_overrides(model, overrides, where, method=None):
@@ -295,6 +356,7 @@ def rebuild_with_overrides(model, overrides, where, method=None):
                 f"config ({', '.join(sorted(own))}). The method itself loads as saved with "
                 "task='pretraining', which takes no overrides."
             )
+    check_overrides(type(model), overrides, where, own)
     config = keras.saving.serialize_keras_object(model)
     config["config"] = {**own, **overrides}
     try:
@@ -336,11 +398,14 @@ def load_native(source, overrides=None):
     metadata = read_json(source.get(METADATA_FILE), f"{source.description}: {METADATA_FILE}")
     check_version(metadata.get("keras_ssl_version"), f"The preset {source.description}")
     config = read_json(source.get(CONFIG_FILE), f"{source.description}: {CONFIG_FILE}")
-    if not is_native_config(config):
+    if not is_native_config(config) or not isinstance(config["config"], dict):
         raise PresetError(f"{source.description}: {CONFIG_FILE} is not a Keras model config.")
     if overrides and is_method_config(config):
         overrides = None  # the method's config is not the backbone's: see the docstring
     if overrides:
+        cls = keras.saving.get_registered_object(config.get("registered_name") or "")
+        if isinstance(cls, type):  # else the class is unknown: deserialising says so
+            check_overrides(cls, overrides, f"The preset {source.description}", config["config"])
         config = json.loads(json.dumps(config))
         config["config"].update(overrides)
     try:
@@ -351,6 +416,12 @@ def load_native(source, overrides=None):
             "the preset comes from another keras_ssl version, upgrade keras_ssl; if you passed "
             "config overrides, check their names."
         ) from None
+    if not isinstance(model, keras.Model):
+        raise PresetError(
+            f"{source.description}: {CONFIG_FILE} describes a {type(model).__name__}, not a "
+            "keras.Model: it is not a preset's config. Save the model with "
+            "keras_ssl.save_to_preset, which writes the model's config."
+        )
     weights = _verified_file(source, WEIGHTS_FILE, metadata=metadata)
     try:
         model.load_weights(weights)
@@ -378,10 +449,26 @@ def load_native(source, overrides=None):
     path = source.get(PREPROCESSING_FILE, required=False)
     if path is not None:
         spec = read_json(path, f"{source.description}: {PREPROCESSING_FILE}")
-        preprocessing = keras.saving.deserialize_keras_object(
-            spec, custom_objects={"Preprocessing": Preprocessing}, safe_mode=True
+        fix = (
+            "Save the preset again with save_to_preset(..., preprocessing=Preprocessing(...)), "
+            f"or delete {PREPROCESSING_FILE} to load the model without its preprocessing."
         )
+        what = "keras_ssl.presets.Preprocessing"
+        try:
+            preprocessing = keras.saving.deserialize_keras_object(
+                spec, custom_objects={"Preprocessing": Preprocessing}, safe_mode=True
+            )
+        except (TypeError, ValueError) as error:
+            raise PresetError(_not_a(source, PREPROCESSING_FILE, what, error, fix)) from None
+        if not isinstance(preprocessing, Preprocessing):
+            reason = f"it describes a {type(preprocessing).__name__}"
+            raise PresetError(_not_a(source, PREPROCESSING_FILE, what, reason, fix))
     return model, metadata, preprocessing
+
+
+def _not_a(source, filename, what, reason, fix):
+    """The message for a preset file that does not describe the object it stands for."""
+    return f"{source.description}: {filename} does not describe a {what} ({reason}). {fix}"
 
 
 def upload_preset(uri, preset_dir, token=None, private=None, commit_message=None, revision=None):

@@ -32,7 +32,7 @@ import os
 import re
 from pathlib import Path
 
-from keras_ssl.presets.errors import PresetError
+from keras_ssl.presets.errors import PresetError, closest
 
 ENV_VAR = "KERAS_SSL_PRESET_CARDS"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,127}$")
@@ -101,13 +101,19 @@ def list_presets():
     return sorted(_all_cards())
 
 
+def _suggestion(name):
+    """`` Did you mean 'x'?`` for the registered name closest to ``name``, else ``""``."""
+    guess = closest(name, list_presets()) if isinstance(name, str) else None
+    return f" Did you mean {guess!r}?" if guess else ""
+
+
 def check_name(name):
     """Rejects names that are not plain preset names (paths, ``..``, upper case)."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
         raise PresetError(
             f"{name!r} is not a valid preset name: names are lower-case letters, digits, '_', "
-            "'-' and '.', without '..' or path separators. Pass a local directory as a path "
-            "that exists, or a Hub repository as 'hf://org/name'."
+            f"'-' and '.', without '..' or path separators.{_suggestion(name)} Pass a local "
+            "directory as a path that exists, or a Hub repository as 'hf://org/name'."
         )
 
 
@@ -122,8 +128,9 @@ def get_card(name):
     if name not in cards:
         known = ", ".join(sorted(cards)) or "(none)"
         raise PresetError(
-            f"Unknown preset {name!r}. Known presets: {known}. Other sources: 'hf://org/repo' "
-            "for a Hugging Face repository, or the path of a local preset directory."
+            f"Unknown preset {name!r}.{_suggestion(name)} Known presets: {known}. Other "
+            "sources: 'hf://org/repo' for a Hugging Face repository, or the path of a local "
+            "preset directory."
         )
     return _load(cards[name])
 

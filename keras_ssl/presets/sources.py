@@ -1,7 +1,8 @@
 """Where preset files come from: a Hugging Face repository (through the local cache) or a
-local directory; both hand back local paths, never leaving their root."""
+local directory; both hand back local paths of file names that cannot leave their root."""
 
 import hashlib
+import os
 import re
 import warnings
 from pathlib import Path
@@ -19,12 +20,17 @@ def parse_hf_handle(handle):
     """``"hf://org/name[@revision]"`` -> ``(repo_id, revision or None)``."""
     body = handle[len(HF_PREFIX) :]
     repo, _, revision = body.partition("@")
-    if not _REPO_PATTERN.match(repo) or ".." in repo:
+    if not is_repo_id(repo):
         raise PresetError(
             f"{handle!r} is not a Hugging Face handle: expected 'hf://org/name' or "
             "'hf://org/name@revision' (revision: a commit sha, tag or branch)."
         )
     return repo, (revision or None)
+
+
+def is_repo_id(text):
+    """Whether ``text`` reads as a Hugging Face repository id, ``"org/name"``."""
+    return bool(_REPO_PATTERN.match(text)) and ".." not in text
 
 
 def is_pinned(revision):
@@ -59,17 +65,27 @@ def verify_sha256(path, expected, what, advice=_PUBLISHED_ADVICE):
 
 
 class LocalSource:
-    """Files of a local preset directory."""
+    """Files of a local preset directory.
+
+    A file may be a symbolic link to a regular file elsewhere, as in the snapshot folders
+    of the Hugging Face cache (``huggingface_hub.snapshot_download``), whose files link
+    to ``../../blobs/``. File names themselves cannot leave the directory
+    (:func:`check_relative`).
+    """
 
     def __init__(self, root):
         self.root = Path(root).resolve()
         self.description = f"directory {str(root)!r}"
 
     def get(self, filename, required=True):
-        check_relative(filename, self.description)
-        path = (self.root / filename).resolve()
-        if self.root not in path.parents:
-            raise PresetError(f"{self.description}: {filename!r} escapes the preset directory.")
+        check_relative(filename, self.description)  # no '..': the name stays inside root
+        path = self.root / filename  # not resolved: a snapshot's links point outside root
+        if path.is_symlink() and not path.is_file():
+            raise PresetError(
+                f"{self.description}: {filename!r} is a symbolic link to "
+                f"{os.readlink(path)!r}, which is not a file (a broken link?). Restore the "
+                "file it points to, or download or copy the preset again."
+            )
         if not path.is_file():
             if required:
                 present = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []

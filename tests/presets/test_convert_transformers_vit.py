@@ -38,12 +38,12 @@ TINY = dict(
 SIZES = [(32, 32), (40, 56), (24, 16)]  # native, up non-square, down
 
 
-def _transformers(tmp_path, eps=1e-6, original=False):
+def _transformers(tmp_path, eps=1e-6, original=False, **changes):
     import_torchvision()
     import transformers
     from safetensors.numpy import load_file
 
-    config = transformers.ViTConfig(**TINY, layer_norm_eps=eps)
+    config = transformers.ViTConfig(**{**TINY, **changes}, layer_norm_eps=eps)
     config._attn_implementation = "eager"
     model = randomize_(transformers.ViTModel(config, add_pooling_layer=False), seed=7)
     if original:
@@ -125,10 +125,20 @@ def test_transformers_resize_epsilon_and_in_memory_names(tmp_path):
         np.testing.assert_array_equal(ours, theirs)
 
 
+def test_intermediate_size_need_not_be_a_multiple_of_the_width(tmp_path):
+    # 120 / 88 as mlp_ratio gives int(88 * (120 / 88)) = 119 units: the width is exact.
+    model, weights, source_config = _transformers(tmp_path, hidden_size=88, intermediate_size=120)
+    backbone = ViT(**transformers_vit.backbone_config(source_config))
+    transformers_vit.convert_weights(weights, backbone)
+    x, xt = images(32, 32)
+    tokens = _reference(model, xt)[0]
+    assert_close(outputs(backbone, x)["patches"], tokens[:, 1:], "hf-vit 88/120 patches")
+
+
 def test_errors(tmp_path):
     _, weights, source_config = _transformers(tmp_path)
     config = transformers_vit.backbone_config(source_config)
-    wide = ViT(**{**config, "mlp_ratio": 2.0})
+    wide = ViT(**{**config, "mlp_dim": 96})
     with pytest.raises(ValueError) as error:
         transformers_vit.convert_weights(weights, wide)
     message = str(error.value)

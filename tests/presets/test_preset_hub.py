@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import keras
@@ -205,8 +206,10 @@ def test_card_from_a_newer_keras_ssl(hub):
 
 
 def test_names_and_files_cannot_escape(hub):
-    for bad in ("../tiny_resnet", "Tiny", "a/b"):
-        with pytest.raises(PresetError, match="not a valid preset name"):
+    with pytest.raises(PresetError, match="not a valid preset name.*Did you mean 'tiny_resnet'"):
+        keras_ssl.from_preset("Tiny_ResNet")
+    for bad in ("../tiny_resnet", "a/b"):
+        with pytest.raises(PresetError, match=f"The directory '{bad}' does not exist"):
             keras_ssl.from_preset(bad)
     card = json.loads((hub["cards"] / "tiny_resnet.json").read_text())
     card["source"]["files"]["weights"] = "../../../secret.safetensors"
@@ -257,3 +260,29 @@ def test_builtin_cards_are_complete():
             converter = keras_ssl.presets.converters.get(source["converter"])
             config = converter.backbone_config(card["backbone"]["source_config"])
             assert config["layer_norm_epsilon"] == 1e-6 and config["depth"] == 12, name
+
+
+def test_messages_name_the_problem_and_the_likely_fix(hub):
+    with pytest.raises(PresetError, match=r"directory './no/such/dir' does not exist"):
+        keras_ssl.from_preset("./no/such/dir")
+    with pytest.raises(PresetError, match=r"does not exist.*pass 'hf://tiny-org/tiny-resnet'"):
+        keras_ssl.from_preset(REPO)
+    with pytest.raises(PresetError, match=r"Unknown preset 'tiny_resnt'. Did you mean 'tiny_res"):
+        keras_ssl.from_preset("tiny_resnt")
+    with pytest.raises(PresetError, match=r"lower-case .*Did you mean 'dino_vits16'\?"):
+        keras_ssl.from_preset("DINO_ViTS16")
+    with pytest.raises(PresetError, match=r"holds the backbone only; it has no head\.$"):
+        _load("tiny_resnet", hub, include_head=True)
+    # Overrides the backbone does not take (a functional model would ignore them).
+    with pytest.raises(PresetError, match=r"ResNet has no option 'poolng' \(did you mean 'pool"):
+        _load("tiny_resnet", hub, poolng=None)
+
+
+def test_hf_handle_without_revision_takes_the_cards_revision(hub):
+    # The card pins SHA (and the hash of that revision's weights); the branch has moved on.
+    other = "f" * 40
+    make_hf_cache(hub["cache"], REPO, {"config.json": {"architecture": "resnet18"}}, sha=other)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not pinned")
+        model, _ = _load(f"hf://{REPO}", hub)
+    _check_weights(model, hub["state"])

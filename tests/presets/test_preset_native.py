@@ -349,3 +349,84 @@ def test_weight_files_are_checked_against_their_recorded_sha256(tmp_path):
     keras_ssl.from_preset(fresh)  # the backbone alone does not read the optimizer's file
     with pytest.raises(PresetError, match=r"sha256 mismatch for .*optimizer\.weights\.h5"):
         keras_ssl.from_preset(fresh, task="pretraining")
+
+
+def _tiny_vit():
+    return ViT(patch_size=4, hidden_dim=16, depth=1, num_heads=2, input_channels=1,
+               pretrain_image_size=16, use_mask_token=False)  # fmt: skip
+
+
+def test_a_hugging_face_snapshot_folder_loads_through_its_links(tmp_path):
+    # huggingface_hub.snapshot_download() returns snapshots/<sha>/, whose files are links
+    # to ../../blobs/<hash>: they leave the folder, and are the preset all the same.
+    backbone = ConvNet(widths=(8,), input_channels=1)
+    keras_ssl.save_to_preset(backbone, tmp_path / "p", preprocessing=Preprocessing(None, 8))
+    repo = tmp_path / "hub" / "models--me--my-convnet"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for index, path in enumerate(sorted((tmp_path / "p").iterdir())):
+        (repo / "blobs" / f"blob{index}").write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(f"../../blobs/blob{index}")
+    model, preprocess = keras_ssl.from_preset(snapshot)
+    images = _images()
+    np.testing.assert_array_equal(_np(model(images)), _np(backbone(images)))
+    assert preprocess.crop_size == 8
+    (repo / "blobs" / "blob0").unlink()  # config.json, the first name: a broken link
+    with pytest.raises(PresetError, match=r"'config.json' is a symbolic link to .*broken"):
+        keras_ssl.from_preset(snapshot)
+
+
+def test_misspelled_overrides_are_refused_with_a_suggestion(tmp_path):
+    # keras.Model's functional constructor would swallow them: the default model, silently.
+    vit = _tiny_vit()
+    keras_ssl.save_to_preset(vit, tmp_path / "vit")
+    with pytest.raises(PresetError, match=r"ViT has no option 'outptu' \(did you mean 'output'"):
+        keras_ssl.from_preset(tmp_path / "vit", outptu="tokens")
+    with pytest.raises(PresetError, match=r"Valid overrides: .*output, patch_size"):
+        keras_ssl.from_preset(tmp_path / "vit", outptu="tokens")
+    model = keras_ssl.DINO(_tiny_vit(), output_dim=32, hidden_dim=16, bottleneck_dim=8)
+    keras_ssl.save_to_preset(model, tmp_path / "dino")
+    with pytest.raises(PresetError, match=r"the teacher encoder .* has no option 'outptu'"):
+        keras_ssl.from_preset(tmp_path / "dino", outptu="tokens")
+    # Real options still apply, `dtype` among them.
+    tokens, _ = keras_ssl.from_preset(tmp_path / "vit", output="tokens", dtype="mixed_bfloat16")
+    assert tokens.output_type == "tokens" and tokens.dtype_policy.name == "mixed_bfloat16"
+    cls = tokens(_images(n=2, size=16))["cls"]
+    assert keras.backend.standardize_dtype(cls.dtype) == "bfloat16"
+    np.testing.assert_allclose(_np(cls).astype("float32"), _np(vit(_images(n=2, size=16))),
+                               rtol=0.05, atol=0.05)  # fmt: skip
+
+
+def test_saving_without_preprocessing_removes_an_earlier_one(tmp_path):
+    backbone = ConvNet(widths=(8,), input_channels=1)
+    keras_ssl.save_to_preset(backbone, tmp_path / "p", preprocessing=Preprocessing(None, 8))
+    keras_ssl.save_to_preset(backbone, tmp_path / "p")  # files of the same names replaced
+    assert not (tmp_path / "p" / "preprocessing.json").exists()
+    assert keras_ssl.from_preset(tmp_path / "p").preprocessing is None
+
+
+def test_corrupt_preset_files_raise_preset_errors(tmp_path):
+    model = _dino()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.0))
+    model.fit(_views(), batch_size=8, epochs=1, verbose=0)
+    keras_ssl.save_to_preset(model, tmp_path / "dino", preprocessing=Preprocessing(None, 8))
+    dense = keras.saving.serialize_keras_object(keras.layers.Dense(3))
+    cases = [
+        ("metadata.json", [1, 2], "backbone", r"metadata.json .* holds an array, not a JSON obj"),
+        ("preprocessing.json", {"class_name": "Nope", "config": {}}, "backbone",
+         r"preprocessing.json does not describe a keras_ssl.presets.Preprocessing .*'Nope'"),
+        ("preprocessing.json", dense, "backbone",
+         r"preprocessing.json does not describe .*\(it describes a Dense\)"),
+        ("config.json", dense, "backbone", r"config.json describes a Dense, not a keras.Model"),
+        ("optimizer.json", "{not json", "pretraining", r"optimizer.json .* not readable JSON"),
+        ("optimizer.json", {"class_name": "Nope", "config": {}}, "pretraining",
+         r"optimizer.json does not describe a Keras optimizer"),
+    ]  # fmt: skip
+    for name, content, task, message in cases:
+        path = tmp_path / "dino" / name
+        good = path.read_bytes()
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(PresetError, match=message):
+            keras_ssl.from_preset(tmp_path / "dino", task=task)
+        path.write_bytes(good)

@@ -127,7 +127,8 @@ def backbone_config(
 
     Returns:
         A dict of ``ViT`` kwargs (exact GELU, no LayerScale, no registers, no mask
-        token, ``mlp_ratio = intermediate_size / hidden_size``).
+        token, ``mlp_dim = intermediate_size``: the exact width, which
+        ``hidden_size * mlp_ratio`` need not round back to).
     """
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(
@@ -140,6 +141,7 @@ def backbone_config(
             "GELU ('gelu')."
         )
     hidden = int(c.get("hidden_size", 768))
+    intermediate = int(c.get("intermediate_size", 4 * hidden))
     image_size, patch_size = _assign.transformers_geometry(c, 224, 16)
     if layer_norm_epsilon is None:
         layer_norm_epsilon = c.get("layer_norm_eps", 1e-12)
@@ -148,7 +150,8 @@ def backbone_config(
         "hidden_dim": hidden,
         "depth": int(c.get("num_hidden_layers", 12)),
         "num_heads": int(c.get("num_attention_heads", 12)),
-        "mlp_ratio": int(c.get("intermediate_size", 4 * hidden)) / hidden,
+        "mlp_ratio": intermediate / hidden,
+        "mlp_dim": intermediate,
         "input_channels": int(c.get("num_channels", 3)),
         "num_register_tokens": 0,
         "layer_scale_init": None,
