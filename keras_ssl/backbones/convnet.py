@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_ssl.backbones._arguments import check_model_arguments
 from keras_ssl.backbones.resnet import (
     _apply_pooling,
     _bn,
@@ -57,6 +58,7 @@ class ConvNet(keras.Model):
         data_format=None,
         **kwargs,
     ):
+        check_model_arguments("ConvNet", kwargs)
         requested_data_format = data_format
         data_format = _resolve_data_format(data_format)
         widths = tuple(int(w) for w in widths)

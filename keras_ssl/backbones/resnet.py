@@ -54,6 +54,7 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 import keras
 
 from keras_ssl.backbones import _direct_calls
+from keras_ssl.backbones._arguments import check_model_arguments
 from keras_ssl.layers import fused_batch_norm, small_map_conv
 
 _BN_EPSILON = 1e-5
@@ -240,6 +241,7 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
         data_format=None,
         **kwargs,
     ):
+        check_model_arguments("ResNet", kwargs)
         requested_data_format = data_format
         data_format = _resolve_data_format(data_format)
         if block_type not in _BLOCKS:

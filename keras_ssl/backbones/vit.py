@@ -82,6 +82,7 @@ from keras import ops
 
 from keras_ssl._xla_cpu import on_xla_cpu
 from keras_ssl.backbones import _direct_calls
+from keras_ssl.backbones._arguments import check_model_arguments
 from keras_ssl.layers import fused_dense
 from keras_ssl.layers.exact_gelu import ExactGELU
 from keras_ssl.layers.layer_norm import LayerNormalization
@@ -833,6 +834,7 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         dtype=None,
         **kwargs,
     ):
+        check_model_arguments("ViT", kwargs)
         if output not in _OUTPUTS:
             raise ValueError(f"`output` must be one of {_OUTPUTS}, got {output!r}.")
         if mlp not in _MLPS:

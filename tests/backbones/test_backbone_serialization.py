@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ssl.backbones import ConvNet, ResNet, ResNet18
+from keras_ssl.backbones import ConvNet, ResNet, ResNet18, ViT
 
 
 def _perturb_weights(model, seed=0):
@@ -73,3 +73,16 @@ def test_save_and_load(name, tmp_path):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(restored(x, training=False)), expected, rtol=1e-5, atol=1e-5
     )
+
+
+def test_unknown_keyword_arguments_are_refused():
+    # keras.Model's functional constructor would drop them without a word.
+    tiny_vit = {"patch_size": 8, "hidden_dim": 16, "depth": 1, "num_heads": 2}
+    with pytest.raises(TypeError, match="ViT got unexpected keyword argument.*'outptu'"):
+        ViT(**tiny_vit, pretrain_image_size=16, outptu="tokens")
+    with pytest.raises(TypeError, match="ConvNet got unexpected keyword argument.*'widht'"):
+        ConvNet(widht=(8,))
+    with pytest.raises(TypeError, match="takes no dtype.*set_dtype_policy"):
+        ResNet18(stem="cifar", dtype="mixed_bfloat16")
+    model = ConvNet((8,), name="kept", trainable=False)
+    assert model.name == "kept" and not model.trainable
