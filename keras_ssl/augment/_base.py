@@ -7,6 +7,7 @@ This is the ONLY module that imports Keras-private symbols (``DataLayer`` and
 import contextvars
 import json
 import numbers
+import sys
 
 import keras
 import numpy as np
@@ -15,11 +16,18 @@ from keras.src.layers.preprocessing.data_layer import DataLayer
 from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
 from keras.src.utils.jax_utils import is_in_jax_tracing_scope
 
-from keras_ssl.augment._random_streams import current_stream, eager_calls, reseed_for_stream
+from keras_ssl.augment._random_streams import (
+    current_stream,
+    eager_calls,
+    next_seed_atomically,
+    reseed_for_stream,
+)
 
 __all__ = [
     "AugmentationLayer",
     "DataLayer",
+    "assert_unit_range_in_graph",
+    "check_channel_axis",
     "check_channels_last",
     "config_without_sublayers",
     "current_backend",
@@ -46,6 +54,18 @@ def derive_seed(seed, *offsets):
 
 def _is_tf_tensor(x):
     return type(x).__module__.startswith("tensorflow")
+
+
+def _in_tf_graph_outside_xla():
+    """Whether TensorFlow is tracing a graph that XLA does not compile: a `tf.data` function
+    (or a plain `tf.function`), not a `jit_compile` train step, where a mutex or an
+    assertion would not compile."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or tf.executing_eagerly():
+        return False
+    from tensorflow.python.ops import control_flow_util  # no public equivalent
+
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _is_eager(inputs):
@@ -98,6 +118,20 @@ def to_unit_float(x):
 UNIT_RANGE_TOLERANCE = 1e-3
 
 
+_HINT_0_255 = (
+    "They look like 0-255 pixel values: divide them by 255 (`x / 255.0`) or pass them as "
+    "uint8, which is scaled for you."
+)
+_HINT_NORMALISED = "Pass unnormalised images in [0, 1]: normalise after augmenting, not before."
+
+
+def _unit_range_message(subject, uses, values, hint):
+    return (
+        f"Float images must lie in [0, 1] for {subject} ({'; '.join(uses)}), got values in "
+        f"{values}. {hint}"
+    )
+
+
 def unit_range_error(low, high, subject, uses):
     """The ``ValueError`` for float images whose values span ``[low, high]`` beyond [0, 1]
     (past rounding error), with the fix; None when they lie in [0, 1] (or are NaN).
@@ -108,15 +142,47 @@ def unit_range_error(low, high, subject, uses):
     """
     if not (low < -UNIT_RANGE_TOLERANCE or high > 1.0 + UNIT_RANGE_TOLERANCE):
         return None
-    hint = (
-        "They look like 0-255 pixel values: divide them by 255 (`x / 255.0`) or pass "
-        "them as uint8, which is scaled for you."
-        if high > 10.0
-        else "Pass unnormalised images in [0, 1]: normalise after augmenting, not before."
-    )
-    return ValueError(
-        f"Float images must lie in [0, 1] for {subject} ({'; '.join(uses)}), got values in "
-        f"[{low:g}, {high:g}]. {hint}"
+    hint = _HINT_0_255 if high > 10.0 else _HINT_NORMALISED
+    return ValueError(_unit_range_message(subject, uses, f"[{low:g}, {high:g}]", hint))
+
+
+def assert_unit_range_in_graph(images, subject, uses):
+    """``images`` (a float tensor of a TensorFlow graph) behind an assertion that they lie in
+    [0, 1], which fails as the graph runs with `unit_range_error`'s message: the check of a
+    `tf.data` map, where the values are not known when the layer is called."""
+    import tensorflow as tf
+
+    low, high = tf.reduce_min(images), tf.reduce_max(images)
+    # Written as `unit_range_error`'s test, so that NaN passes as it does there.
+    out_of_range = tf.logical_or(low < -UNIT_RANGE_TOLERANCE, high > 1.0 + UNIT_RANGE_TOLERANCE)
+
+    def message(hint):
+        return tf.strings.format(_unit_range_message(subject, uses, "[{}, {}]", hint), (low, high))
+
+    hint_for_the_values = tf.where(high > 10.0, message(_HINT_0_255), message(_HINT_NORMALISED))
+    check = tf.debugging.Assert(tf.logical_not(out_of_range), [hint_for_the_values])
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def check_channel_axis(shape, layer_name):
+    """Refuses a 3-D static ``shape`` whose last dimension is too large for the channels of
+    one image (grey, grey + alpha, RGB and RGBA have 1 to 4): a batch of single-channel
+    images without a channel axis, ``(N, H, W)`` (as MNIST-like data sets load), which read
+    as one ``(H, W, C)`` image would be cropped and blurred across images. Any other shape,
+    or one not known statically, passes."""
+    try:
+        shape = tuple(shape)
+    except (TypeError, ValueError):  # a TensorShape of unknown rank
+        return
+    if len(shape) != 3 or shape[-1] is None or shape[-1] <= 4:
+        return
+    raise ValueError(
+        f"{layer_name} got images of shape {shape}, which look like a batch of "
+        "single-channel images without a channel axis (N, H, W): one image (H, W, C) has "
+        f"1 to 4 channels, not {shape[-1]}. Add the channel axis: `images[..., None]` "
+        "(`keras.ops.expand_dims(images, -1)` for tensors). (For one image with more "
+        "channels, add a batch axis instead: `image[None]`.)"
     )
 
 
@@ -263,6 +329,10 @@ class _StaticLayer:
 
 _JITTED = []
 
+# Whether an augmentation layer's call is running: the layers it calls in turn get images
+# it has checked already.
+_IN_AUGMENTATION = contextvars.ContextVar("in_augmentation", default=False)
+
 
 def _jitted_stateless_call():
     if not _JITTED:
@@ -283,13 +353,23 @@ class AugmentationLayer(DataLayer):
     Integer inputs are converted to float32 in [0, 1] by :func:`to_unit_float` (``uint16``
     divided by 65535, other integer dtypes by 255); 3-D (unbatched) inputs are accepted.
     Images are channels-last: a shape that looks channels-first (``(N, 1 or 3, H, W)`` with
-    a last dimension other than 1 or 3) is refused, with the transpose that fixes it. Float
-    images must lie in [0, 1] for the layers whose math assumes it (``unit_range_uses``, e.g.
-    ``ColorJitter`` clips to it; a flip or a blur is linear and takes any range); host data
-    (a NumPy array or a Python list) outside it is refused with the fix, backend tensors are
-    not checked (it would wait for the device).
+    a last dimension other than 1 or 3) is refused, with the transpose that fixes it, and so
+    is a 3-D shape whose last dimension is too large for one image's channels (a batch
+    ``(N, H, W)`` without a channel axis), with ``images[..., None]``. Float images must lie
+    in [0, 1] for the layers whose math assumes it (``unit_range_uses``, e.g.
+    ``ColorJitter`` clips to it; a flip or a blur is linear and takes any range): host data
+    (a NumPy array or a Python list) outside it is refused with the fix when the layer is
+    called, and images in a TensorFlow graph that XLA does not compile (a ``tf.data`` map)
+    by an assertion that fails as the graph runs, with the same message. Backend tensors in
+    eager calls and compiled train steps are not checked (it would wait for the device).
     Augmentations are always applied (there is no ``training`` flag): self-supervised
     pipelines call them explicitly.
+
+    Random draws: each call advances the layer's seed state, so sequential calls are
+    reproducible from the seed. Calls that run at once (threads, ``tf.data``'s
+    ``map(..., num_parallel_calls=...)``) draw distinct parameters, but which call gets
+    which draw depends on thread timing: for views reproducible run to run, map
+    sequentially or use :func:`keras_ssl.augment.augment_with_rng`.
     """
 
     # Whether an eager call on the JAX backend runs through a cached ``jax.jit``.
@@ -317,13 +397,23 @@ class AugmentationLayer(DataLayer):
         """
         from keras_ssl.ops.distributed import replica_id, world_size
 
+        generator = self._get_seed_generator(self.backend._backend)
         replicas = world_size()
+        if replicas == 1 and self.backend.name == "tensorflow" and _in_tf_graph_outside_xla():
+            # Parallel `tf.data` map calls: read and advance the state as one step.
+            import tensorflow as tf
+            from keras.src.backend.tensorflow.random import _cast_seed
+
+            seed = _cast_seed(next_seed_atomically(generator))
+            return tf.random.stateless_uniform(
+                shape, seed=seed, minval=minval, maxval=maxval, dtype=tf.float32
+            )
         draws = self.backend.random.uniform(
             (replicas, *shape) if replicas > 1 else shape,
             minval=minval,
             maxval=maxval,
             dtype="float32",
-            seed=self._get_seed_generator(self.backend._backend),
+            seed=generator,
         )
         if replicas > 1:
             draws = self.backend.numpy.take(draws, replica_id(), axis=0)
@@ -365,9 +455,15 @@ class AugmentationLayer(DataLayer):
     def __call__(self, inputs, **kwargs):
         inputs = _host_images(inputs)
         self._check_images(inputs)
+        if self._checks_values_in_graph(inputs):
+            inputs = assert_unit_range_in_graph(inputs, type(self).__name__, self.unit_range_uses())
         inputs = to_unit_float(inputs)
         if not _is_eager(inputs):
-            return super().__call__(inputs, **kwargs)
+            token = _IN_AUGMENTATION.set(True)
+            try:
+                return super().__call__(inputs, **kwargs)
+            finally:
+                _IN_AUGMENTATION.reset(token)
         with eager_calls():  # draw and advance the seed states as one step (_random_streams.py)
             stream = current_stream()
             if stream != self._random_stream:
@@ -387,13 +483,14 @@ class AugmentationLayer(DataLayer):
 
     def _check_images(self, inputs):
         """Errors naming the fix for images the layer would silently turn into garbage:
-        a channels-first shape (static shapes, on any input), and, for host data only (a
-        NumPy float array; a Python list becomes one), values outside [0, 1] where the
-        layer needs them (`unit_range_uses`), which backend tensors are not checked for (it
-        would wait for the device in every step)."""
+        a channels-first shape or a batch without a channel axis (static shapes, on any
+        input), and, for host data only (a NumPy float array; a Python list becomes one),
+        values outside [0, 1] where the layer needs them (`unit_range_uses`), which backend
+        tensors are not checked for (it would wait for the device in every step)."""
         shape = getattr(inputs, "shape", None)
         if shape is not None:
             check_channels_last(shape, type(self).__name__)
+            check_channel_axis(shape, type(self).__name__)
         if isinstance(inputs, np.ndarray) and inputs.dtype.kind == "f" and inputs.size:
             uses = self.unit_range_uses()
             if not uses:
@@ -403,6 +500,20 @@ class AugmentationLayer(DataLayer):
             )
             if error is not None:
                 raise error
+
+    def _checks_values_in_graph(self, inputs):
+        """Whether this call checks the range of its float images with an assertion in the
+        graph: a call (not one from another augmentation layer, which checked them) traced
+        in a TensorFlow graph that XLA does not compile, as `tf.data` traces its map, by a
+        layer that needs them in [0, 1]."""
+        if (
+            _IN_AUGMENTATION.get()
+            or isinstance(inputs, (np.ndarray, keras.KerasTensor))
+            or "float" not in str(getattr(inputs, "dtype", ""))
+            or not _in_tf_graph_outside_xla()
+        ):
+            return False
+        return bool(self.unit_range_uses())
 
     def _should_jit_eagerly(self, inputs, kwargs):
         """Eager JAX calls (`__call__` asks for eager ones only) are compiled as a whole:

@@ -19,8 +19,9 @@ def static_image_size(images, layer_name):
         raise ValueError(
             f"{layer_name} needs images of a known height and width, got shape "
             f"{tuple(images.shape)}. In a tf.data pipeline, resize the images to one size "
-            "before augmenting (e.g. `tf.image.resize`, or keras_ssl.data.image_folder(..., "
-            "image_size=...)), and batch them with drop_remainder or a static shape."
+            "before augmenting, e.g. `tf.image.resize(image, size) / 255.0` for uint8 images "
+            "(it returns floats in [0, 255]), or read them with keras_ssl.data.image_folder("
+            "..., image_size=...), and batch them with drop_remainder or a static shape."
         )
     return int(height), int(width)
 

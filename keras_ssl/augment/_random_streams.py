@@ -21,14 +21,19 @@ the same in every such worker; one built without a seed draws from fresh entropy
 
 An eager call reads its generators' states, draws, and writes them back advanced: calls from
 several threads (grain's and a threaded `PyDataset`'s pools) take turns (`eager_calls()`), or
-two would read the same state and draw the same crops. Traced calls (a train step,
-`tf.data`) run inside their framework's own state handling and never take the lock.
+two would read the same state and draw the same crops. In a TensorFlow graph that XLA does not
+compile, a `tf.data` map above all, whose calls `num_parallel_calls` runs at once, each draw
+reads and advances its generator's state as one step under a TensorFlow mutex of that
+generator (`next_seed_atomically`). Either way the draws are distinct, but which call gets
+which depends on thread timing: sequential calls alone are reproducible from the seeds.
+Compiled train steps run one call at a time and take no lock.
 """
 
 import os
 import secrets
 import sys
 import threading
+import weakref
 
 import keras
 import numpy as np
@@ -49,6 +54,33 @@ def _unlocked_in_a_forked_child():
 
 
 os.register_at_fork(after_in_child=_unlocked_in_a_forked_child)
+
+
+# One TensorFlow mutex (`tf.CriticalSection`) per seed generator drawn from in a TF graph.
+_graph_locks = weakref.WeakKeyDictionary()
+
+
+def next_seed_atomically(generator):
+    """Keras's `SeedGenerator.next()` in a TensorFlow graph, as one step: the seed state
+    before the call (the seed of this draw), the state advanced by one. Concurrent calls
+    of the graph (a `tf.data` map with `num_parallel_calls`) take turns, where Keras's read
+    then assign lets two of them read the same state and draw the same parameters."""
+    import tensorflow as tf
+
+    lock = _graph_locks.get(generator)
+    if lock is None:  # TensorFlow makes its mutex outside the graph being traced
+        lock = _graph_locks[generator] = tf.CriticalSection(name="seed_generator_lock")
+    state = generator.state.value  # the tf.Variable
+
+    def read_and_advance():
+        seed = tf.identity(state.read_value())
+        with tf.control_dependencies([seed]):
+            advanced = state.assign_add(tf.constant([0, 1], state.dtype), read_value=False)
+        # Returned after the assignment, so that the mutex is held until it is done.
+        with tf.control_dependencies([advanced]):
+            return tf.identity(seed)
+
+    return lock.execute(read_and_advance)
 
 
 def current_stream():

@@ -1,5 +1,7 @@
 """Gaussian blur with a per-image random sigma."""
 
+import numbers
+
 import keras
 
 from keras_ssl.augment import _ops
@@ -40,7 +42,7 @@ class GaussianBlur(AugmentationLayer):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be a positive odd integer. Got {kernel_size}.")
         self.kernel_size = kernel_size
-        if isinstance(sigma, (int, float)):
+        if isinstance(sigma, numbers.Real):
             sigma = (float(sigma), float(sigma))
         self.sigma = tuple(float(s) for s in sigma)
         if len(self.sigma) != 2 or not 0 < self.sigma[0] <= self.sigma[1]:

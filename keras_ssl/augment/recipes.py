@@ -8,6 +8,9 @@ and its layers use fixed sub-offsets of that seed (crop 0, flip 1, jitter 2, gra
 blur 4, solarize 5), so removing one step leaves the random draws of the others unchanged.
 """
 
+import math
+import numbers
+
 import keras
 
 from keras_ssl.augment._base import derive_seed
@@ -25,11 +28,14 @@ DINOV2_CROP_SCALES = dict(global_crop_scale=(0.32, 1.0), local_crop_scale=(0.05,
 # DINOv2's blur kernel, the same for every crop (``dinov2/data/transforms.py``, class
 # ``GaussianBlur``: ``transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))``).
 DINOV2_BLUR_KERNEL_SIZE = 9
+# DINO blurs with PIL's `ImageFilter.GaussianBlur(radius=sigma)`, whose kernel is not cut
+# short: the recipe's kernel reaches at least 3 sigma either side at the largest sigma, 2.
+_DINO_BLUR_TAPS = 2 * math.ceil(3 * 2.0) + 1
 
 
 def _size_pair(image_size):
-    if isinstance(image_size, int):
-        return image_size, image_size
+    if isinstance(image_size, numbers.Integral):
+        return int(image_size), int(image_size)
     height, width = (int(s) for s in image_size)
     return height, width
 
@@ -508,7 +514,9 @@ class DINOMultiCrop(_MultiViewRecipe):
       0.05-0.4) to ``local_size`` -> flip -> jitter -> grayscale -> blur p = 0.5.
 
     Blur sigma ~ U(0.1, 2.0) with a kernel of ``blur_kernel_size`` taps, by default 10% of
-    each crop's side (23 taps at 224 px, 9 at 96 px). The teacher sees
+    each crop's side but at least 13, 3 sigma on either side at sigma = 2: the official
+    code blurs with PIL's ``GaussianBlur(radius=sigma)``, whose kernel is not cut short
+    (23 taps at 224 px, 13 at 96 px, where 10% would cut it at 2 sigma). The teacher sees
     ``views[:num_global_views]``, the student all views.
 
     For DINOv2's multi-crop use :meth:`DINOMultiCrop.dinov2`; for 28-96 px data use
@@ -528,7 +536,7 @@ class DINOMultiCrop(_MultiViewRecipe):
         global_solarize_probabilities: Solarize probability of global views 1 and 2.
         horizontal_flip: Whether to randomly flip horizontally.
         blur_kernel_size: Odd number of taps of every crop's blur kernel (DINOv2: 9), or
-            None (default) for 10% of each crop's side.
+            None (default) for 10% of each crop's side, at least 13.
         interpolation: The crops' resampling, ``"bicubic"`` (default, as the official
             ``Image.BICUBIC``) or ``"bilinear"``.
         seed: Optional integer seed; view ``k`` uses ``derive_seed(seed, k)``.
@@ -601,13 +609,19 @@ class DINOMultiCrop(_MultiViewRecipe):
             jitter=r["jitter"],
             jitter_probability=r["jitter_probability"],
             grayscale_probability=r["grayscale_probability"],
-            blur_kernel_size=r["blur_kernel_size"],
             interpolation=r["interpolation"],
         )
+
+        def blur_taps(size):
+            if r["blur_kernel_size"] is not None:
+                return r["blur_kernel_size"]
+            return max(blur_kernel_size(size), _DINO_BLUR_TAPS)
+
         pipelines = [
             view_pipeline(
                 r["global_size"],
                 crop_scale=r["global_crop_scale"],
+                blur_kernel_size=blur_taps(r["global_size"]),
                 blur_probability=r["global_blur_probabilities"][view],
                 solarize_probability=r["global_solarize_probabilities"][view],
                 seed=derive_seed(seed, view),
@@ -619,6 +633,7 @@ class DINOMultiCrop(_MultiViewRecipe):
             view_pipeline(
                 r["local_size"],
                 crop_scale=r["local_crop_scale"],
+                blur_kernel_size=blur_taps(r["local_size"]),
                 blur_probability=r["local_blur_probability"],
                 solarize_probability=0.0,
                 seed=derive_seed(seed, self.num_global_views + view),

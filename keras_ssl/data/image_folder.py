@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -40,15 +41,24 @@ def _list_images(folder, extensions, recursive):
     return found
 
 
+# Pillow's 16-bit grey modes, and its 32-bit integer mode "I", in which some versions and
+# formats open 16-bit files.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def _eight_bit_or_unit_float(img):
     """8-bit images as they are; 16-bit grey images (which Pillow's `convert` would clip
-    to white) as a float image in [0, 1]; float images are refused: their range is
-    unknown."""
+    to white) as a float image in [0, 1]; 32-bit integer images with values outside the
+    16-bit range and float images are refused: their range is unknown."""
     if img.mode in _SIXTEEN_BIT_MODES:
-        return Image.fromarray(np.asarray(img, dtype="float32") / 65535.0, mode="F")
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):  # mode "I" only
+            raise ValueError(
+                f"it is a 32-bit integer image (Pillow mode '{img.mode}') with values in "
+                f"[{values.min()}, {values.max()}], outside the 16-bit range [0, 65535] it "
+                "would be read on; convert it to an 8- or 16-bit image"
+            )
+        return Image.fromarray(values.astype("float32") / 65535.0, mode="F")
     if img.mode == "F":
         raise ValueError(
             "it is a floating-point image (Pillow mode 'F'), whose value range is unknown; "
@@ -58,8 +68,8 @@ def _eight_bit_or_unit_float(img):
 
 
 def _image_size(image_size):
-    if isinstance(image_size, int):
-        return (image_size, image_size)
+    if isinstance(image_size, numbers.Integral):
+        image_size = (image_size, image_size)
     height, width = (int(s) for s in image_size)
     if height <= 0 or width <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}.")
@@ -251,9 +261,9 @@ def image_folder(
     Pillow (EXIF orientation applied), converted to RGB or grey-scale, resized so that
     the image covers ``image_size`` (shorter side first, keeping the aspect ratio) and
     centre cropped to exactly ``image_size`` (``PIL.ImageOps.fit``, bilinear); 16-bit grey
-    images are read on their [0, 65535] scale, floating-point images are refused. Hidden
-    files and folders (names starting with ``.``) are skipped. The last batch may be
-    smaller.
+    images are read on their [0, 65535] scale (32-bit integer ones too, if their values
+    fit in it), floating-point images are refused. Hidden files and folders (names
+    starting with ``.``) are skipped. The last batch may be smaller.
 
     Args:
         path: root folder.

@@ -3,10 +3,14 @@
 Arrays (NumPy or backend tensors) are checked whole, in chunks: empty, NaN/Inf, float
 images outside [0, 1], a last batch too small for the method. Data sets whose length is
 known (`tf.data` with a known cardinality, `PyDataset`, torch `DataLoader`) are checked
-for emptiness. Shapes (rank, channels, crop sizes) are checked by the trainer on every
-batch, whatever the data source.
+for emptiness. A `tf.data` data set's first batch is read once more to check its value
+range: tf.data pipelines often make floats in [0, 255] (`tf.image.resize`,
+`keras.utils.image_dataset_from_directory`), which the augmentation in the train step
+would clip without a word, and a wrong scale shows in every batch. Shapes (rank, channels,
+crop sizes) are checked by the trainer on every batch, whatever the data source.
 """
 
+import sys
 import warnings
 
 import keras
@@ -77,6 +81,7 @@ def check_fit_data(model, x, batch_size=None, fit_kwargs=None):
         length = _known_length(x)
         if length == 0:
             raise empty_data_error()
+        _check_first_batch_range(model, x)
         return
     arrays = payload if isinstance(payload, tuple) else (payload,)
     count = int(arrays[0].shape[0])
@@ -125,6 +130,26 @@ def replicas_per_batch(model):
     return 1
 
 
+def _check_first_batch_range(model, x):
+    """Checks the value range of the first batch of a `tf.data` data set, as
+    `_check_values` checks arrays' (NaN and Inf are left to the step's guard)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(x, tf.data.Dataset):
+        return
+    batch = next(iter(x.take(1)), None)
+    payload = None if batch is None else _payload(batch)
+    if payload is None:
+        return
+    augmenter = model.augmenter if not isinstance(payload, tuple) else None
+    for array in payload if isinstance(payload, tuple) else (payload,):
+        if "float" in str(array.dtype):
+            values = _to_numpy(array)
+            try:
+                _check_range(float(values.min()), float(values.max()), augmenter)
+            except ValueError as error:
+                raise ValueError(f"In the first batch of the tf.data data set: {error}") from None
+
+
 def _check_values(array, augmenter):
     """Refuses NaN / Inf pixels, and pixels outside [0, 1] where `augmenter` needs them
     there (warns at 0-255 values where nothing does: pre-made views, a flip-only augmenter)."""
@@ -144,6 +169,12 @@ def _check_values(array, augmenter):
                 "(e.g. `x[np.isfinite(x).all(axis=(1, 2, 3))]`) before calling fit()."
             )
         low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    _check_range(low, high, augmenter)
+
+
+def _check_range(low, high, augmenter):
+    """Refuses images spanning `[low, high]` beyond [0, 1] where `augmenter` needs them in
+    it; warns at 0-255 values where nothing does (`augmenter` None: pre-made views)."""
     uses = _unit_range_uses(augmenter)
     if uses:
         error = unit_range_error(low, high, "the augmentation", uses)
@@ -154,7 +185,7 @@ def _check_values(array, augmenter):
             f"The {'views' if augmenter is None else 'images'} reach {high:g}: keras_ssl's "
             "models take images in [0, 1] (uint8 is scaled for you). If these are 0-255 "
             "pixel values, divide them by 255.",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

@@ -51,3 +51,14 @@ def test_blur_layer_per_image_probability_and_range():
 def test_blur_rejects_even_kernel():
     with pytest.raises(ValueError):
         GaussianBlur(4)
+
+
+def test_blur_takes_numpy_scalars():
+    # `sigma=np.float32(1.0)` used to fail: only Python ints and floats were taken for one sigma.
+    blur = GaussianBlur(np.int64(3), sigma=np.float32(1.0), probability=np.float32(1.0))
+    assert (blur.kernel_size, blur.sigma, blur.probability) == (3, (1.0, 1.0), 1.0)
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    expected = _blur_reference(x[0], 1.0, 3)
+    np.testing.assert_allclose(_np(blur(x))[0], expected, atol=1e-5)
+    pair = GaussianBlur(3, sigma=(np.float32(0.5), np.float64(2.0)))
+    assert pair.sigma == (0.5, 2.0)

@@ -1,6 +1,8 @@
 """Errors that name the fix for images the augmentation layers would turn into garbage, and
 the jit-cache key of eager JAX calls."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -131,6 +133,115 @@ def test_backend_tensors_are_not_checked():
     assert tuple(Solarize(0.5, seed=0)(images).shape) == (2, 8, 8, 3)
 
 
+def _resized_in_tf_data(images, size=16):
+    """Batches of `images` resized with `tf.image.resize` in a `tf.data` pipeline: floats in
+    [0, 255] for uint8 images."""
+    import tensorflow as tf
+
+    resized = tf.data.Dataset.from_tensor_slices(images).map(
+        lambda image: tf.image.resize(image, (size, size))
+    )
+    return resized.batch(4, drop_remainder=True)
+
+
+def test_float_images_in_0_255_are_refused_in_tf_data():
+    # `tf.image.resize` turns uint8 images into floats in [0, 255], which a tf.data map of
+    # the recipe clipped without a word: 37% of the pixels of the views came out white.
+    tf = pytest.importorskip("tensorflow")
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 20, 18, 3)).astype("uint8")
+    views = _resized_in_tf_data(pixels).map(SimCLRAugment(16, seed=0))
+    match = (
+        r"Float images must lie in \[0, 1\] for SimCLRAugment \(bicubic RandomResizedCrop "
+        r"clips to \[0, 1\]; ColorJitter clips to \[0, 1\]\), got values in \[.*\]\. "
+        r"They look like 0-255 pixel values: divide them by 255"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        next(iter(views))
+    normalised = tf.data.Dataset.from_tensor_slices(_images((4, 16, 16, 3), -1.0, 1.0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="normalise after augmenting"):
+        next(iter(normalised.batch(4).map(ColorJitter(0.4, seed=0))))
+    # The fix of the error message, and layers that take any range, pass.
+    for view in next(
+        iter(_resized_in_tf_data(pixels).map(lambda x: x / 255.0).map(SimCLRAugment(16, seed=0)))
+    ):
+        assert 0.0 <= float(tf.reduce_min(view)) and float(tf.reduce_max(view)) <= 1.0
+    flipped = next(iter(_resized_in_tf_data(pixels).map(RandomHorizontalFlip(seed=0))))
+    assert float(tf.reduce_max(flipped)) > 200.0
+
+
+def test_images_in_0_1_pass_the_tf_data_check_rounding_error_included():
+    tf = pytest.importorskip("tensorflow")
+    images = _images((4, 16, 16, 3))
+    images[0, 0, 0] = (-5e-4, 1.0 + 5e-4, np.nan)  # NaN is the step guard's business
+    batches = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    assert len(next(iter(batches.map(SimCLRAugment(16, seed=0))))) == 2
+
+
+def test_the_tf_data_check_runs_once_per_call():
+    # The recipe checks its input; the layers it calls get images it has checked.
+    tf = pytest.importorskip("tensorflow")
+
+    recipe = SimCLRAugment(16, seed=0)
+
+    @tf.function(autograph=False)
+    def augment(images):
+        return recipe(images)
+
+    graph = augment.get_concrete_function(tf.TensorSpec((4, 16, 16, 3), tf.float32)).graph
+    asserts = [op for op in graph.get_operations() if op.type == "Assert"]
+    assert len(asserts) == 1
+
+
+def test_xla_compiled_calls_have_no_check_or_lock():
+    # XLA compiles neither the assertion nor the seed generator's mutex (a TF train step).
+    tf = pytest.importorskip("tensorflow")
+    recipe = SimCLRAugment(16, seed=0)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def augment(images):
+        return recipe(images)
+
+    graph = augment.get_concrete_function(tf.TensorSpec((4, 16, 16, 3), tf.float32)).graph
+    assert not {"Assert", "MutexLock"} & {op.type for op in graph.get_operations()}
+    views = augment(tf.constant(_images((4, 16, 16, 3))))
+    assert [tuple(view.shape) for view in views] == [(4, 16, 16, 3)] * 2
+
+
+def test_the_unknown_size_error_resizes_to_unit_floats():
+    tf = pytest.importorskip("tensorflow")
+    unknown = tf.data.Dataset.from_generator(
+        lambda: iter([_images((2, 8, 8, 3))]),
+        output_signature=tf.TensorSpec((None, None, None, 3), tf.float32),
+    )
+    with pytest.raises(ValueError, match=r"`tf.image.resize\(image, size\) / 255\.0`"):
+        unknown.map(RandomResizedCrop(4, 4, seed=0))
+
+
+def test_fit_checks_the_range_of_a_tf_data_sets_first_batch():
+    # An augmenter in the train step clipped them as silently as a tf.data map did.
+    pytest.importorskip("tensorflow")
+    from keras_ssl.trainer._input_checks import check_fit_data
+
+    model = types.SimpleNamespace(augmenter=SimCLRAugment.small_images(16, seed=0))
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 20, 18, 3)).astype("uint8")
+    with pytest.raises(
+        ValueError,
+        match=r"In the first batch of the tf.data data set: Float images must lie in \[0, 1\] "
+        r"for the augmentation \(.*ColorJitter clips to \[0, 1\]\).*divide them by 255",
+    ):
+        check_fit_data(model, _resized_in_tf_data(pixels))
+    check_fit_data(model, _resized_in_tf_data(pixels).map(lambda x: x / 255.0))
+    check_fit_data(model, _resized_in_tf_data(pixels).map(lambda x: (x / 255.0, 0)))  # labels
+    # An empty data set of unknown length: left to fit, which names it.
+    check_fit_data(model, _resized_in_tf_data(pixels).filter(lambda x: False))
+    views = _resized_in_tf_data(pixels).map(lambda x: (x, x))
+    with pytest.warns(UserWarning, match=r"The views reach 2\d\d.*divide them by 255"):
+        check_fit_data(types.SimpleNamespace(augmenter=None), views)
+    as_dict = _resized_in_tf_data(pixels).map(lambda x: {"images": x})
+    with pytest.raises(ValueError, match="In the first batch of the tf.data data set"):
+        check_fit_data(model, as_dict)
+
+
 # -- channels-first images -------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(LAYERS))
 @pytest.mark.parametrize("channels", [1, 3])
@@ -182,6 +293,35 @@ def test_channels_first_check_in_tf_data():
 )
 def test_channels_last_images_pass(shape):
     assert tuple(ColorJitter(0.4, seed=0)(_images(shape)).shape) == shape
+
+
+# -- a batch without a channel axis ----------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_a_batch_without_a_channel_axis_is_refused(name):
+    # keras_ssl.datasets.fashion_mnist.load_data() gives (N, 28, 28): taken for one image of
+    # 28 channels, the crop made one (20, 20, 28) view of the batch, the blur mixed images.
+    match = (
+        rf"{name} got images of shape \(64, 28, 28\), which look like a batch of "
+        r"single-channel images without a channel axis \(N, H, W\).*`images\[\.\.\., None\]`"
+    )
+    with pytest.raises(ValueError, match=match):
+        LAYERS[name]()((_images((64, 28, 28)) * 255).astype("uint8"))
+
+
+def test_a_batch_without_a_channel_axis_is_refused_from_every_source():
+    tf = pytest.importorskip("tensorflow")
+    layer = RandomResizedCrop(20, 20, seed=0)
+    match = r"without a channel axis \(N, H, W\)"
+    with pytest.raises(ValueError, match=match):
+        layer(keras.ops.convert_to_tensor(_images((8, 28, 28))))
+    with pytest.raises(ValueError, match=match):
+        layer(keras.Input((28, 28)))
+    with pytest.raises(ValueError, match=match):
+        tf.data.Dataset.from_tensor_slices(_images((8, 28, 28))).batch(4).map(layer)
+    # The fix in the message, and unbatched images of 1 to 4 channels, pass.
+    assert tuple(layer(_images((8, 28, 28))[..., None]).shape) == (8, 20, 20, 1)
+    for channels in (1, 2, 3, 4):
+        assert tuple(layer(_images((28, 28, channels))).shape) == (20, 20, channels)
 
 
 def test_geometric_layers_take_any_channel_count():

@@ -1,7 +1,8 @@
 """Augmentation on the host: each data-loading worker, and each epoch of a loader whose
 workers start anew, draws its own crops and colours (every worker holds a copy of the
 layers' seed states; a torch worker's seed makes them reproducible); concurrent calls from
-threads draw distinct ones; `augment_with_rng` draws from the caller's generator alone."""
+threads, and a `tf.data` map's parallel calls, draw distinct ones; `augment_with_rng` draws
+from the caller's generator alone."""
 
 import functools
 import os
@@ -123,6 +124,41 @@ def test_concurrent_calls_draw_distinct_views():
     for i in range(len(views)):
         for j in range(i):
             assert not np.allclose(views[i], views[j]), (i, j)
+
+
+def _brightness_factors(jitter, batches, parallel_calls):
+    """Each batch's per-image brightness factors from a `tf.data` map of `jitter`: one row
+    a batch, in the data set's order."""
+    import tensorflow as tf
+
+    images = np.full((4 * batches, 1, 1, 1), 0.5, "float32")
+    mapped = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    mapped = mapped.map(jitter, num_parallel_calls=parallel_calls)
+    return np.stack([batch.numpy().reshape(-1) for batch in mapped]) / 0.5
+
+
+def test_parallel_tf_data_map_calls_draw_distinct_parameters():
+    # Keras reads a seed state, then writes it back advanced: two map calls at once read the
+    # same state, and their batches got the same brightness factors (4 to 15 in 1000).
+    from keras_ssl.augment import ColorJitter
+
+    rows = _brightness_factors(ColorJitter(brightness=0.4, seed=1), 4000, parallel_calls=16)
+    distinct = len(np.unique(rows, axis=0))
+    assert distinct == 4000
+
+
+def test_sequential_tf_data_map_draws_what_keras_draws(monkeypatch):
+    # The draws of a map run one call at a time are Keras's own, reproducible from the seed.
+    from keras_ssl.augment import ColorJitter, _base
+
+    sequential = _brightness_factors(ColorJitter(brightness=0.4, seed=1), 8, None)
+    np.testing.assert_array_equal(
+        sequential, _brightness_factors(ColorJitter(brightness=0.4, seed=1), 8, None)
+    )
+    assert len(np.unique(sequential, axis=0)) == 8
+    monkeypatch.setattr(_base, "_in_tf_graph_outside_xla", lambda: False)  # Keras's draws
+    keras_draws = _brightness_factors(ColorJitter(brightness=0.4, seed=1), 8, None)
+    np.testing.assert_array_equal(sequential, keras_draws)
 
 
 def test_augment_with_rng_depends_on_the_generator_alone():

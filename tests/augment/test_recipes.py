@@ -1,5 +1,7 @@
 """MoCo-v2, BYOL and DINO multi-crop recipes (all backends)."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -14,7 +16,9 @@ from keras_ssl.augment import (
     RandomGrayscale,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    SimCLRAugment,
     Solarize,
+    blur_kernel_size,
     view_pipeline,
 )
 
@@ -155,7 +159,7 @@ def test_byol_and_dino_pipelines():
         assert (crop.height, crop.width) == (96, 96) and crop.interpolation == "bicubic"
         np.testing.assert_allclose(crop.scale, (0.05, 0.4))
         blur = _layer(local, GaussianBlur)
-        assert (blur.probability, blur.kernel_size) == (0.5, 9)
+        assert (blur.probability, blur.kernel_size) == (0.5, 13)  # 3 sigma at sigma = 2
         assert _layer(local, Solarize) is None
         assert _layer(local, ColorJitter).saturation == (0.8, 1.2)
     assert _strip(dino.pipelines[2].get_config()) == _strip(dino.pipelines[9].get_config())
@@ -218,9 +222,9 @@ def test_dinov2_blurs_every_crop_with_a_9_tap_kernel():
     assert _layer(released.pipelines[1], GaussianBlur).probability == 0.9
     wide = DINOMultiCrop.dinov2(num_local_crops=1, blur_kernel_size=5)
     assert [_layer(p, GaussianBlur).kernel_size for p in wide.pipelines[1:]] == [5, 5]
-    # DINO keeps 10% of each crop's side (DINOMultiCrop's default).
+    # DINO keeps 10% of each crop's side, at least 13 taps (DINOMultiCrop's default).
     dino = DINOMultiCrop(num_local_crops=1)
-    assert [_layer(p, GaussianBlur).kernel_size for p in dino.pipelines] == [23, 23, 9]
+    assert [_layer(p, GaussianBlur).kernel_size for p in dino.pipelines] == [23, 23, 13]
     assert dino.get_config()["blur_kernel_size"] is None
 
     # Numerically: the recipe's global blur, its sigma forced, is a 9-tap Gaussian.
@@ -231,6 +235,37 @@ def test_dinov2_blurs_every_crop_with_a_9_tap_kernel():
         for n in range(2):
             expected = _gaussian_blur_2d(images[n], sigma, 9)
             np.testing.assert_allclose(blurred[n], expected, atol=2e-6)
+
+
+def test_dino_blurs_local_crops_with_a_gaussian_that_is_not_cut_short():
+    # The official DINO blurs with PIL's GaussianBlur(radius=sigma), not truncated; 10% of
+    # a 96 px crop, 9 taps, cut the kernel at 2 sigma for sigma = 2 (its sigma was 1.85).
+    dino = DINOMultiCrop(num_local_crops=1)
+    images = np.random.default_rng(0).uniform(size=(2, 40, 40, 3)).astype("float32")
+    for pipeline in (dino.pipelines[0], dino.pipelines[2]):  # a global crop, the local one
+        config = {**_layer(pipeline, GaussianBlur).get_config(), "sigma": [2.0, 2.0]}
+        blurred = _np(GaussianBlur.from_config({**config, "probability": 1.0})(images))
+        for n in range(2):
+            untruncated = _gaussian_blur_2d(images[n], 2.0, 61)  # 15 sigma either side
+            np.testing.assert_allclose(blurred[n], untruncated, atol=1e-3)
+    # DINOv2's 9 taps are its official kernel_size=9, kept as they are.
+    assert _layer(DINOMultiCrop.dinov2().pipelines[2], GaussianBlur).kernel_size == 9
+
+
+def test_recipes_take_numpy_integer_sizes():
+    size = np.int64(32)
+    recipes = [
+        SimCLRAugment(size, seed=0),
+        MoCoV2Augment(size, seed=0),
+        BYOLAugment(size, seed=0),
+        DINOMultiCrop(size, np.int64(16), num_local_crops=1, seed=0),
+        DINOMultiCrop.small_images(size, num_local_crops=1, seed=0),
+    ]
+    for recipe in recipes:
+        assert recipe.compute_output_shape((2, 32, 32, 3))[0] == (2, 32, 32, 3)
+        json.dumps(recipe.get_config())  # plain ints in the config
+    assert blur_kernel_size(np.int64(96)) == 9
+    assert _layer(view_pipeline(size), RandomResizedCrop).height == 32
 
 
 def test_blur_kernel_size_option():

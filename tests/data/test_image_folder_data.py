@@ -126,6 +126,31 @@ def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
         image_folder(tmp_path, 4, batch_size=2, shuffle=False)[0]
 
 
+def test_32_bit_integer_images_beyond_16_bits_are_refused(tmp_path):
+    # Pillow's mode "I" was read as 16-bit: values above 65535 came out white, silently.
+    Image.fromarray(np.full((6, 6), 100_000, dtype=np.int32)).save(tmp_path / "a.tiff")
+    assert Image.open(tmp_path / "a.tiff").mode == "I"
+    with pytest.raises(
+        ValueError,
+        match=r"a.tiff.*32-bit integer image \(Pillow mode 'I'\) with values in \[100000, "
+        r"100000\], outside the 16-bit range \[0, 65535\].*convert it to an 8- or 16-bit",
+    ):
+        image_folder(tmp_path, 4, batch_size=1)[0]
+    Image.fromarray(np.full((6, 6), -1, dtype=np.int32)).save(tmp_path / "a.tiff")
+    with pytest.raises(ValueError, match=r"with values in \[-1, -1\]"):
+        image_folder(tmp_path, 4, batch_size=1)[0]
+    # Values that fit in 16 bits (a 16-bit file opened in mode "I") are read on that scale.
+    Image.fromarray(np.full((6, 6), 32768, dtype=np.int32)).save(tmp_path / "a.tiff")
+    np.testing.assert_allclose(image_folder(tmp_path, 4, batch_size=1)[0], 32768 / 65535)
+
+
+def test_image_size_may_be_a_numpy_integer(tree):
+    data = image_folder(tree, np.int64(4), batch_size=2, shuffle=False)
+    assert data.image_size == (4, 4) and data[0].shape == (2, 4, 4, 3)
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        image_folder(tree, 0)
+
+
 def test_a_resumed_fit_reads_the_order_of_its_epoch(tree):
     import keras_ssl
     from keras_ssl.backbones import ConvNet

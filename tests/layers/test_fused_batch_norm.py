@@ -220,7 +220,7 @@ def _assert_same_weights(loaded, saved):
 def _resnet():
     from keras_ssl.backbones import ResNet
 
-    return ResNet(stackwise_num_blocks=(1, 1), stackwise_num_filters=(4, 8), stem="cifar")
+    return ResNet(stackwise_num_blocks=(1, 1), width=4, stem="cifar")
 
 
 @pytest.mark.parametrize("layer_class", [FusedBatchNormalization, keras.layers.BatchNormalization])
