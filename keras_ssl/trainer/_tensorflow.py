@@ -16,6 +16,10 @@ from keras_ssl.ops.distributed import all_reduce_mean
 
 class BackendStep:
     def train_step(self, data):
+        # The optimizer's variables are made before the step's other ops: XLA
+        # (`jit_compile=True`) cannot lift their creation out of the dependencies below.
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
         # Every state update waits for the batch: Keras's loop over data of unknown length
         # ends an epoch with a call whose batch never comes, and in a graph the updates that
         # do not read it (the optimizer's and the loss tracker's counts, the augmentation's
@@ -43,6 +47,16 @@ class BackendStep:
             if distributed.world_size() > 1:
                 loss, logs = _replica_mean(loss, logs)
             return self._update_trackers(loss, logs)
+
+
+def assert_batch_size_at_least(views, minimum, message):
+    """`views` behind an assertion that their batch holds at least `minimum` images, which
+    fails as the step runs with `message.format(batch size)`: the check of a graph traced
+    for an unknown batch size (Keras retraces for the smaller last batch of an epoch)."""
+    size = tf.shape(tf.nest.flatten(views)[0])[0]
+    check = tf.debugging.Assert(size >= minimum, [tf.strings.format(message, (size,))])
+    with tf.control_dependencies([check]):
+        return tf.nest.map_structure(tf.identity, views)
 
 
 def _tensors(data):

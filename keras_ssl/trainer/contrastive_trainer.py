@@ -409,11 +409,17 @@ class ContrastiveTrainer(BackendStep, keras.Model):
     def _forward_and_loss(self, data, training):
         views = self.views_from_data(data)
         batch_size = views[0].shape[0]
-        if batch_size is not None and batch_size < self.min_batch_size:
-            raise ValueError(
-                f"{type(self).__name__} needs at least {self.min_batch_size} images per batch, "
-                f"got {batch_size}. Increase the batch size."
-            )
+        too_small = (
+            f"{type(self).__name__} needs at least {self.min_batch_size} images per batch, "
+            "got {}. Increase the batch size, or drop a smaller last batch (tf.data: "
+            "`batch(..., drop_remainder=True)`)."
+        )
+        if batch_size is None:  # a TensorFlow graph retraced for batches of any size
+            from keras_ssl.trainer._tensorflow import assert_batch_size_at_least
+
+            views = assert_batch_size_at_least(views, self.min_batch_size, too_small)
+        elif batch_size < self.min_batch_size:
+            raise ValueError(too_small.format(batch_size))
         loss, logs = self.compute_ssl_loss(views, training=training)
         # A non-finite input pixel makes the loss NaN, whatever the network does with it (XLA
         # on CPU turns NaN into numbers in max-based ops such as ReLU and pooling), so that

@@ -74,6 +74,31 @@ def test_after_step_sees_the_live_step_count():
     assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 6
 
 
+def test_xla_compiled_step_builds_its_optimizer_first():
+    # On TensorFlow `jit_compile=True` failed in the first step: the optimizer's slots were
+    # made inside the step's control dependencies, which XLA cannot lift variables out of.
+    # (PyTorch's `jit_compile` is torch.compile, another matter: its step runs eagerly here.)
+    model = keras_ssl.SimCLR(_backbone(), augmenter=_augmenter(), projection_dim=8)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3), jit_compile=keras.backend.backend() != "torch"
+    )
+    history = model.fit(_images(), batch_size=BATCH, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 32 // BATCH
+
+
+def test_a_last_batch_too_small_for_the_method_is_refused_from_tf_data():
+    # TensorFlow retraces the step for the smaller last batch with an unknown batch size,
+    # where the static check cannot see it: a one-image SimCLR batch trained silently.
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(_images(2 * BATCH + 1)).batch(BATCH)
+    model = keras_ssl.SimCLR(_backbone(), augmenter=_augmenter(), projection_dim=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    with pytest.raises(Exception, match="SimCLR needs at least 2 images per batch, got 1"):
+        model.fit(data, epochs=1, verbose=0)
+
+
 def test_predict_returns_backbone_features():
     model = CosineAlign(_backbone(), augmenter=_augmenter())
     images = _images(4)
