@@ -339,8 +339,7 @@ class KerasWorker:
         jit = {"auto": "auto", "true": True, "false": False}[spec["jit_compile"]]
         model.compile(optimizer=optimizer, jit_compile=jit)
         # Schedules (EMA momentum, DINO's decay and temperatures) as in a run of this length.
-        model.total_steps.assign(spec["total_steps"])
-        model.steps_per_epoch.assign(spec["total_steps"])
+        model.set_run_length(spec["total_steps"], spec["total_steps"])
         return model
 
     def parameters(self):

@@ -51,8 +51,7 @@ def _model(method):
         )
         optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.0, clipnorm=3.0)
     model.compile(optimizer=optimizer)
-    model.total_steps.assign(100)
-    model.steps_per_epoch.assign(10)
+    model.set_run_length(100, 10)
     return model
 
 

@@ -243,6 +243,54 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         accumulation = _accumulation_steps(self.optimizer)
         return batches / accumulation if accumulation > 1 else batches
 
+    def set_run_length(self, total_steps, steps_per_epoch):
+        """Sets the run's length for the schedules, for training outside `fit`
+        (`train_on_batch` or a loop of your own); `fit` sets it itself.
+
+        Args:
+            total_steps: optimizer steps of the whole run, those taken already included.
+            steps_per_epoch: batches per epoch, for the schedules counted in epochs (DINO's
+                teacher-temperature warm-up and frozen last layer).
+
+        Example:
+
+        ```python
+        import numpy as np
+        import keras_ssl
+
+        model = keras_ssl.BYOL(
+            keras_ssl.backbones.ConvNet((8,), input_channels=1),
+            augmenter=keras_ssl.augment.BYOLAugment.small_images(16, seed=0),
+            hidden_dim=16, projection_dim=8,
+        )
+        model.compile(optimizer="adam")
+        batches = np.random.default_rng(0).random((3, 8, 16, 16, 1), "float32")
+        epochs = 2
+        model.set_run_length(total_steps=epochs * len(batches), steps_per_epoch=len(batches))
+        for epoch in range(epochs):
+            for batch in batches:
+                model.train_on_batch(batch)
+        ```
+        """
+        if int(total_steps) < 1 or int(steps_per_epoch) < 1:
+            raise ValueError(
+                f"total_steps and steps_per_epoch must be >= 1, got {total_steps} and "
+                f"{steps_per_epoch}."
+            )
+        self.total_steps.assign(int(total_steps))
+        self.steps_per_epoch.assign(int(steps_per_epoch))
+
+    def train_on_batch(self, *args, **kwargs):
+        if self.uses_run_length and _as_int(self.total_steps) <= _as_int(self.steps_taken()):
+            raise ValueError(
+                f"{type(self).__name__}'s schedules (EMA momentum, temperatures, weight decay) "
+                "run over the whole training run, whose length train_on_batch cannot know: "
+                "they would sit at their end values (a teacher that no longer moves). Call "
+                "model.set_run_length(total_steps, steps_per_epoch) first (fit does this "
+                "itself)."
+            )
+        return super().train_on_batch(*args, **kwargs)
+
     def fit(self, *args, callbacks=None, **kwargs):
         data = args[0] if args else kwargs.get("x")
         args, kwargs = with_readable_data(args, kwargs)

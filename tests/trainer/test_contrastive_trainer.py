@@ -415,3 +415,24 @@ def test_teacher_normalises_with_batch_statistics_like_its_student():
     )
     assert not teacher.trainable_weights
     assert not {id(v) for v in teacher.weights} & {id(v) for v in model.trainable_variables}
+
+
+def test_train_on_batch_needs_the_run_length_of_a_schedule():
+    # Outside fit the run's length was 0, so every schedule sat at its end from the first
+    # step: BYOL's teacher momentum 1.0, a teacher that no longer moved.
+    model = keras_ssl.BYOL(_backbone(), augmenter=_augmenter(), hidden_dim=16, projection_dim=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    batch = _images(BATCH)
+    with pytest.raises(ValueError, match=r"model.set_run_length\(total_steps, steps_per_epoch\)"):
+        model.train_on_batch(batch)
+    model.set_run_length(total_steps=10, steps_per_epoch=5)
+    teachers = []
+    for _ in range(3):
+        model.train_on_batch(batch)
+        # The EMA's part: the moving batch-norm statistics follow the teacher's own passes.
+        averaged = [w for w in model.teacher_backbone.weights if "moving" not in w.path]
+        teachers.append([ops.convert_to_numpy(w) for w in averaged])
+    for before, after in zip(teachers, teachers[1:], strict=False):
+        assert any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        model.set_run_length(0, 5)
