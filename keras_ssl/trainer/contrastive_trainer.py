@@ -359,6 +359,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
         return list(self._trackers.values())
 
     def call(self, images, training=False):
+        images = _payload_of_dict(images)
         if isinstance(images, (tuple, list)):
             return tuple(self.call(view, training=training) for view in images)
         return self.backbone(self._prepare_images(images), training=training)
@@ -388,15 +389,7 @@ class ContrastiveTrainer(BackendStep, keras.Model):
 
     def views_from_data(self, data):
         """The tuple of views for one batch of `fit` data (see the class docstring)."""
-        if isinstance(data, dict):
-            if "views" in data:
-                data = tuple(data["views"])
-            elif "images" in data:
-                data = data["images"]
-            else:
-                raise ValueError(
-                    f"A dict batch needs an 'images' or a 'views' key, got keys {sorted(data)}."
-                )
+        data = _payload_of_dict(data)
         # Keras adapters wrap `x` as `(x,)` or `(x, None, None)`; unwrap to the payload.
         while isinstance(data, (tuple, list)):
             data = [d for d in data if d is not None]
@@ -579,6 +572,17 @@ def _accumulation_steps(optimizer):
     """`gradient_accumulation_steps` of `optimizer` (or of the one a loss scale wraps), or 1."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
+
+
+def _payload_of_dict(data):
+    """A dict batch's views (a tuple) or images; anything else as it is."""
+    if not isinstance(data, dict):
+        return data
+    if "views" in data:
+        return tuple(data["views"])
+    if "images" in data:
+        return data["images"]
+    raise ValueError(f"A dict batch needs an 'images' or a 'views' key, got keys {sorted(data)}.")
 
 
 def _as_int(variable):

@@ -436,3 +436,15 @@ def test_train_on_batch_needs_the_run_length_of_a_schedule():
         assert any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
     with pytest.raises(ValueError, match="must be >= 1"):
         model.set_run_length(0, 5)
+
+
+def test_dict_batches_of_images_and_of_views():
+    # Keras builds a fresh model by calling it on the first batch: a dict failed there on
+    # JAX and PyTorch (TensorFlow builds later).
+    images = _images(2 * BATCH)
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    history = _fit(model, {"images": images}, batch_size=BATCH)
+    assert np.isfinite(history.history["loss"]).all()
+    model = CosineAlign(_backbone(), augmenter=_augmenter())
+    history = _fit(model, {"views": [images, images[:, ::-1]]}, batch_size=BATCH)
+    assert np.isfinite(history.history["loss"]).all()
