@@ -198,9 +198,15 @@ def test_uint16_images_are_scaled_by_their_range():
 
     loss = _fit_loss(expected, batch_size=BATCH, shuffle=False)
     assert len(loss) == 1 and np.isfinite(loss[0])
-    # The same values read as 8-bit (what Keras's int32 tensors are) train differently.
-    misread = _fit_loss(wide.astype("int32"), batch_size=BATCH, shuffle=False)
-    assert abs(misread[0] - loss[0]) > 1e-3
+    # The same values read as 8-bit (what Keras's int32 tensors are) reach 257 after the
+    # division by 255: TensorFlow's step (a graph XLA does not compile) asserts the
+    # augmentation's [0, 1] range, the other backends train differently.
+    if keras.backend.backend() == "tensorflow":
+        with pytest.raises(Exception, match=r"must lie in \[0, 1\]"):
+            _fit_loss(wide.astype("int32"), batch_size=BATCH, shuffle=False)
+    else:
+        misread = _fit_loss(wide.astype("int32"), batch_size=BATCH, shuffle=False)
+        assert abs(misread[0] - loss[0]) > 1e-3
 
     import grain
     import tensorflow as tf
