@@ -116,7 +116,7 @@ def _backbone_name(text):
     """An argparse type: a name `keras_ssl.backbones.get` knows."""
     from keras_ssl import backbones
 
-    if text.strip().lower().replace("-", "_") not in backbones.names():
+    if backbones._registry_key(text) is None:
         raise argparse.ArgumentTypeError(
             f"unknown backbone {text!r}; choose from {', '.join(backbones.names())}"
         )

@@ -37,6 +37,12 @@ def names():
     return sorted(_REGISTRY)
 
 
+def _registry_key(name):
+    """The :func:`get` name ``name`` stands for (case-insensitive, ``-`` for ``_``), or None."""
+    key = name.strip().lower().replace("-", "_")
+    return key if key in _REGISTRY else None
+
+
 def get(name, **kwargs):
     """Build a backbone from its name.
 
@@ -75,8 +81,8 @@ def get(name, **kwargs):
             f"Expected a backbone name (one of {names()}) or a keras.Model without "
             f"kwargs, got {name!r}."
         )
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
+    key = _registry_key(name)
+    if key is None:
         raise ValueError(f"Unknown backbone {name!r}. Known backbones: {', '.join(names())}.")
     if key.endswith("_cifar") and "stem" in kwargs:
         raise ValueError(f"Backbone {name!r} fixes stem='cifar'; do not pass `stem`.")
