@@ -1,7 +1,8 @@
 """Where a PyTorch train step's time goes, keras_ssl against lightly, side by side.
 
-Each side is built as `benchmark_speed.py` builds it, one process per side, and lightly
-must be importable (`PYTHONPATH=tools/.speed-venv/lib/python3.11/site-packages`).
+Each side is built as `benchmark_speed.py` builds it, one process per side (both in one
+for `paired`), and lightly must be importable
+(`PYTHONPATH=tools/.speed-venv/lib/python3.11/site-packages`).
 
 - `phases ENTRY`: the step's forward pass without and with autograd, forward + backward,
   and the whole step (medians of 5, two repeats);
@@ -10,18 +11,28 @@ must be importable (`PYTHONPATH=tools/.speed-venv/lib/python3.11/site-packages`)
 - `gemm`: the ViT-Tiny step's linear-layer GEMM shapes with Keras's `(in, out)` kernel and
   with torch's transposed `(out, in)` weight, a 64 MiB buffer written between calls;
 - `compile`: the ViT-Tiny backbone's student passes of a DINO step (the global and the local
-  crops, forward + backward) eagerly and under `torch.compile` (its compile time too).
+  crops, forward + backward) eagerly and under `torch.compile` (its compile time too);
+- `paired ENTRY [STEPS]`: both sides in one process, whole steps alternated (A B, B A, ...),
+  each step split into its forward pass and loss, the optimizer's update (keras_ssl's
+  `_apply_gradients`, with its gradient clipping; lightly's `optimizer.step`, its clipping
+  left in the rest), the after-step (EMA teachers, DINO's decay and center) and the rest
+  (the backward pass and the calls around it), by timing the step's own functions, not
+  copies of them; prints minima and medians per phase and the per-pair ratio of the
+  steps. On a machine whose speed drifts, neighbouring steps in one process compare
+  better than the benchmark's separate processes.
 
     PYTHONPATH=tools/.speed-venv/lib/python3.11/site-packages \\
         python tools/measure_torch_step_phases.py phases dino_vit
     python tools/measure_torch_step_phases.py gemm
+    PYTHONPATH=... python tools/measure_torch_step_phases.py paired dino_vit 12
 
 The README's figures, two runs (2-core CPU, 2 threads, the speed benchmark's glibc malloc
 settings): `phases dino_vit` forward 1.49 and 1.39 s against lightly's 1.36-1.41 and 1.32-1.33 s,
 forward + backward 3.12-3.21 and 3.02-3.06 s against 3.15-3.17 and 3.03-3.07 s; `parts` the
 ViT's forward passes 0-9% and 4-11% slower than timm's, the loss faster (52-59 ms against 63-68);
 `gemm` the same speed both ways (within 0.5 ms, either side ahead); `compile` 45 and 24 s to
-compile, 2.50 and 2.34 s compiled against 2.27-2.37 and 2.10-2.16 s eager.
+compile, 2.50 and 2.34 s compiled against 2.27-2.37 and 2.10-2.16 s eager; `paired dino_vit
+14` (2026-12-03, another 2-core host): 0.99x [IQR 0.09] over 14 pairs.
 """
 
 import os
@@ -210,6 +221,85 @@ def compiled():
     print("eager", _median_ms(passes(eager)), "ms")
 
 
+class _Timer:
+    """Accumulates the wall time of wrapped calls under one name per phase."""
+
+    def __init__(self):
+        self.spent = {}
+
+    def wrap(self, phase, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[phase] = self.spent.get(phase, 0.0) + time.perf_counter() - start
+
+        return timed
+
+    def run(self, step):
+        self.spent = {}
+        start = time.perf_counter()
+        step()
+        total = time.perf_counter() - start
+        split = {name: self.spent.get(name, 0.0) for name in PHASES[:-1]}
+        split[PHASES[-1]] = total - sum(split.values())
+        return total, split
+
+
+PHASES = ("forward + loss", "optimizer update", "after-step", "backward + rest")
+
+
+def paired(entry, steps):
+    import types
+
+    import numpy as np
+
+    sys.path.insert(0, str(TOOLS))
+    from keras_ssl.trainer import _torch as torch_step
+
+    spec = _spec(entry)
+    lightly, keras_side = _worker("lightly", spec), _worker("keras_ssl", spec)
+    timers = {"lightly": _Timer(), "keras_ssl": _Timer()}
+    method, timer = lightly.method, timers["lightly"]
+    method.loss = timer.wrap(PHASES[0], method.loss)
+    method.optimizer.step = timer.wrap(PHASES[1], method.optimizer.step)
+    update_momentum = timer.wrap(PHASES[2], method.utils.update_momentum)
+    method.utils = types.SimpleNamespace(update_momentum=update_momentum)
+    model, timer = keras_side.model, timers["keras_ssl"]
+    model._forward_and_loss = timer.wrap(PHASES[0], model._forward_and_loss)
+    torch_step._apply_gradients = timer.wrap(PHASES[1], torch_step._apply_gradients)
+    model._after_update = timer.wrap(PHASES[2], model._after_update)
+    sides = {"lightly": lightly, "keras_ssl": keras_side}
+    for _ in range(2):
+        for side in sides.values():
+            side._step()
+    totals = {name: [] for name in sides}
+    splits = {name: [] for name in sides}
+    for i in range(steps):
+        for name in sorted(sides, reverse=bool(i % 2)):
+            total, split = timers[name].run(sides[name]._step)
+            totals[name].append(total)
+            splits[name].append(split)
+    for phase in PHASES:
+        row = []
+        for name in sides:
+            ms = 1e3 * np.array([split[phase] for split in splits[name]])
+            row.append(f"{name} min {ms.min():7.1f} median {np.median(ms):7.1f}")
+        print(f"{phase:17s}", " | ".join(row), "ms")
+    row = []
+    for name in sides:
+        s_ = np.array(totals[name])
+        row.append(f"{name} min {s_.min():.3f} median {np.median(s_):.3f}")
+    print(f"{'step':17s}", " | ".join(row), "s")
+    ratios = np.array(totals["lightly"]) / np.array(totals["keras_ssl"])
+    quartiles = np.percentile(ratios, [25, 75])
+    print(
+        f"x lightly (lightly's step time / keras_ssl's, per pair): median {np.median(ratios):.3f} "
+        f"[IQR {quartiles[1] - quartiles[0]:.3f}], pairs {np.round(ratios, 3).tolist()}"
+    )
+
+
 SIDES = ("lightly", "keras_ssl")
 
 
@@ -233,6 +323,8 @@ def main(argv):
         gemm()
     elif command == "compile":
         compiled()
+    elif command == "paired" and len(argv) > 1:
+        paired(argv[1], int(argv[2]) if len(argv) > 2 else 12)
     else:
         raise SystemExit(__doc__)
 
