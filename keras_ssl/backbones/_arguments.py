@@ -2,7 +2,7 @@
 
 A functional `keras.Model` keeps `name` and `trainable` and ignores every other keyword
 without a word, so a misspelled backbone argument (`ViT(outptu="tokens")`) or one the
-backbone does not take (`ResNet18(dtype="mixed_bfloat16")`) would build the default model.
+backbone does not take (`ResNet18(dtpye="mixed_bfloat16")`) would build the default model.
 """
 
 MODEL_ARGUMENTS = ("name", "trainable")
@@ -18,14 +18,8 @@ def check_model_arguments(backbone, kwargs):
     unknown = sorted(set(kwargs) - set(MODEL_ARGUMENTS))
     if not unknown:
         return
-    hint = ""
-    if "dtype" in unknown:
-        hint = (
-            f" {backbone} takes no dtype: set the global policy before building it, e.g. "
-            'keras.config.set_dtype_policy("mixed_bfloat16").'
-        )
     raise TypeError(
         f"{backbone} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
         f"besides its own arguments it takes only {' and '.join(MODEL_ARGUMENTS)}. Check "
-        f"the spelling against {backbone}'s docstring.{hint}"
+        f"the spelling against {backbone}'s docstring."
     )

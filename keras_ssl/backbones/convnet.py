@@ -34,6 +34,8 @@ class ConvNet(keras.Model):
             pooling, or ``None`` to return the last feature map.
         data_format: the layout the layers compute in (see
             :class:`keras_ssl.backbones.ResNet`); ``None`` picks the backend's fast one.
+        dtype: dtype policy of every layer, e.g. ``"mixed_bfloat16"``; None takes the
+            global policy.
         **kwargs: ``keras.Model`` arguments such as ``name`` or ``trainable``.
 
     Attributes:
@@ -56,6 +58,7 @@ class ConvNet(keras.Model):
         input_channels=3,
         pooling="avg",
         data_format=None,
+        dtype=None,
         **kwargs,
     ):
         check_model_arguments("ConvNet", kwargs)
@@ -67,17 +70,22 @@ class ConvNet(keras.Model):
                 f"`widths` must be a non-empty sequence of positive ints, got {widths}."
             )
         _check_pooling(pooling)
+        # keras.Model's functional constructor ignores `dtype`: each layer takes it.
+        policy = None if dtype is None else keras.dtype_policies.get(dtype)
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
-        x = _enter_layout(inputs, data_format)
+        x = _enter_layout(inputs, data_format, policy)
         for i, filters in enumerate(widths):
             name = f"stage{i + 1}"
-            x = _strided_conv(x, filters, 3, 1 if i == 0 else 2, f"{name}_conv", data_format)
-            x = _bn(f"{name}_bn", data_format)(x)
-            x = keras.layers.ReLU(name=f"{name}_relu")(x)
-        outputs = _apply_pooling(x, pooling, data_format)
+            strides = 1 if i == 0 else 2
+            x = _strided_conv(x, filters, 3, strides, f"{name}_conv", data_format, policy)
+            x = _bn(f"{name}_bn", data_format, dtype=policy)(x)
+            x = keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
+        outputs = _apply_pooling(x, pooling, data_format, policy)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        if policy is not None:
+            self.dtype_policy = policy
 
         # === Config ===
         self.widths = widths
@@ -85,6 +93,7 @@ class ConvNet(keras.Model):
         self.pooling = pooling
         self.data_format = data_format
         self._requested_data_format = requested_data_format
+        self._dtype_argument = None if policy is None else policy.name
         self.output_dim = widths[-1]
 
     def get_config(self):
@@ -95,6 +104,7 @@ class ConvNet(keras.Model):
             "input_channels": self.input_channels,
             "pooling": self.pooling,
             "data_format": self._requested_data_format,
+            "dtype": self._dtype_argument,
         }
 
     @classmethod

@@ -69,7 +69,7 @@ def _kernel_initializer():
     )
 
 
-def _conv(filters, kernel_size, strides, name, data_format):
+def _conv(filters, kernel_size, strides, name, data_format, dtype=None):
     """Bias-free conv; stride-2 convs get explicit symmetric padding by the caller."""
     return small_map_conv.Conv2D(
         filters,
@@ -80,64 +80,68 @@ def _conv(filters, kernel_size, strides, name, data_format):
         data_format=data_format,
         kernel_initializer=_kernel_initializer(),
         name=name,
+        dtype=dtype,
     )
 
 
-def _bn(name, data_format, zero_gamma=False):
+def _bn(name, data_format, zero_gamma=False, dtype=None):
     return fused_batch_norm.BatchNormalization(
         axis=-1 if data_format == "channels_last" else 1,
         epsilon=_BN_EPSILON,
         momentum=_BN_MOMENTUM,
         gamma_initializer="zeros" if zero_gamma else "ones",
         name=name,
+        dtype=dtype,
     )
 
 
-def _strided_conv(x, filters, kernel_size, strides, name, data_format):
+def _strided_conv(x, filters, kernel_size, strides, name, data_format, dtype=None):
     """Torch-style conv: symmetric ``kernel_size // 2`` zero padding, then "valid" conv."""
     pad = kernel_size // 2
     if strides != 1 and pad > 0:
-        x = keras.layers.ZeroPadding2D(pad, data_format=data_format, name=f"{name}_pad")(x)
-    return _conv(filters, kernel_size, strides, name, data_format)(x)
+        x = keras.layers.ZeroPadding2D(
+            pad, data_format=data_format, name=f"{name}_pad", dtype=dtype
+        )(x)
+    return _conv(filters, kernel_size, strides, name, data_format, dtype)(x)
 
 
 def _channels(x, data_format):
     return x.shape[-1] if data_format == "channels_last" else x.shape[1]
 
 
-def _shortcut(x, filters, strides, prefix, data_format):
+def _shortcut(x, filters, strides, prefix, data_format, dtype):
     if strides == 1 and _channels(x, data_format) == filters:
         return x
     # 1x1 stride-s "valid" conv samples pixels 0, s, 2s, ... exactly like torch.
-    x = _conv(filters, 1, strides, f"{prefix}_downsample_0", data_format)(x)
-    return _bn(f"{prefix}_downsample_1", data_format)(x)
+    x = _conv(filters, 1, strides, f"{prefix}_downsample_0", data_format, dtype)(x)
+    return _bn(f"{prefix}_downsample_1", data_format, dtype=dtype)(x)
 
 
-def _basic_block(x, filters, strides, prefix, zero_init_residual, data_format):
-    shortcut = _shortcut(x, filters, strides, prefix, data_format)
-    y = _strided_conv(x, filters, 3, strides, f"{prefix}_conv1", data_format)
-    y = _bn(f"{prefix}_bn1", data_format)(y)
-    y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
-    y = _conv(filters, 3, 1, f"{prefix}_conv2", data_format)(y)
-    y = _bn(f"{prefix}_bn2", data_format, zero_gamma=zero_init_residual)(y)
-    y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
-    return keras.layers.ReLU(name=f"{prefix}_out")(y)
+def _basic_block(x, filters, strides, prefix, zero_init_residual, data_format, dtype):
+    shortcut = _shortcut(x, filters, strides, prefix, data_format, dtype)
+    y = _strided_conv(x, filters, 3, strides, f"{prefix}_conv1", data_format, dtype)
+    y = _bn(f"{prefix}_bn1", data_format, dtype=dtype)(y)
+    y = keras.layers.ReLU(name=f"{prefix}_relu1", dtype=dtype)(y)
+    y = _conv(filters, 3, 1, f"{prefix}_conv2", data_format, dtype)(y)
+    y = _bn(f"{prefix}_bn2", data_format, zero_gamma=zero_init_residual, dtype=dtype)(y)
+    y = keras.layers.Add(name=f"{prefix}_add", dtype=dtype)([shortcut, y])
+    return keras.layers.ReLU(name=f"{prefix}_out", dtype=dtype)(y)
 
 
-def _bottleneck_block(x, filters, strides, prefix, zero_init_residual, data_format):
+def _bottleneck_block(x, filters, strides, prefix, zero_init_residual, data_format, dtype):
     out_filters = filters * 4
-    shortcut = _shortcut(x, out_filters, strides, prefix, data_format)
-    y = _conv(filters, 1, 1, f"{prefix}_conv1", data_format)(x)
-    y = _bn(f"{prefix}_bn1", data_format)(y)
-    y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
+    shortcut = _shortcut(x, out_filters, strides, prefix, data_format, dtype)
+    y = _conv(filters, 1, 1, f"{prefix}_conv1", data_format, dtype)(x)
+    y = _bn(f"{prefix}_bn1", data_format, dtype=dtype)(y)
+    y = keras.layers.ReLU(name=f"{prefix}_relu1", dtype=dtype)(y)
     # v1.5: the stride sits on the 3x3 conv.
-    y = _strided_conv(y, filters, 3, strides, f"{prefix}_conv2", data_format)
-    y = _bn(f"{prefix}_bn2", data_format)(y)
-    y = keras.layers.ReLU(name=f"{prefix}_relu2")(y)
-    y = _conv(out_filters, 1, 1, f"{prefix}_conv3", data_format)(y)
-    y = _bn(f"{prefix}_bn3", data_format, zero_gamma=zero_init_residual)(y)
-    y = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
-    return keras.layers.ReLU(name=f"{prefix}_out")(y)
+    y = _strided_conv(y, filters, 3, strides, f"{prefix}_conv2", data_format, dtype)
+    y = _bn(f"{prefix}_bn2", data_format, dtype=dtype)(y)
+    y = keras.layers.ReLU(name=f"{prefix}_relu2", dtype=dtype)(y)
+    y = _conv(out_filters, 1, 1, f"{prefix}_conv3", data_format, dtype)(y)
+    y = _bn(f"{prefix}_bn3", data_format, zero_gamma=zero_init_residual, dtype=dtype)(y)
+    y = keras.layers.Add(name=f"{prefix}_add", dtype=dtype)([shortcut, y])
+    return keras.layers.ReLU(name=f"{prefix}_out", dtype=dtype)(y)
 
 
 _BLOCKS = {"basic": (_basic_block, 1), "bottleneck": (_bottleneck_block, 4)}
@@ -145,20 +149,24 @@ _STEMS = ("imagenet", "cifar")
 _POOLINGS = ("avg", "max", None)
 
 
-def _apply_pooling(x, pooling, data_format):
+def _apply_pooling(x, pooling, data_format, dtype=None):
     if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        return keras.layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool", dtype=dtype
+        )(x)
     if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+        return keras.layers.GlobalMaxPooling2D(
+            data_format=data_format, name="max_pool", dtype=dtype
+        )(x)
     if data_format == "channels_first":  # feature maps leave channels_last, as images enter
-        return keras.layers.Permute((2, 3, 1), name="to_channels_last")(x)
+        return keras.layers.Permute((2, 3, 1), name="to_channels_last", dtype=dtype)(x)
     return x
 
 
-def _enter_layout(images, data_format):
+def _enter_layout(images, data_format, dtype=None):
     """The channels_last images as the layers' layout (a permuted view for channels_first)."""
     if data_format == "channels_first":
-        return keras.layers.Permute((3, 1, 2), name="to_channels_first")(images)
+        return keras.layers.Permute((3, 1, 2), name="to_channels_first", dtype=dtype)(images)
     return images
 
 
@@ -212,6 +220,8 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
             either way, and the weights are the same. ``None`` (default) picks the
             backend's fast layout: channels_first on PyTorch (no transpose around
             each convolution), channels_last on TensorFlow and JAX.
+        dtype: dtype policy of every layer, e.g. ``"mixed_bfloat16"`` (float32
+            weights, bfloat16 computations and features); None takes the global policy.
         **kwargs: ``keras.Model`` arguments such as ``name`` or ``trainable``.
 
     Attributes:
@@ -239,6 +249,7 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
         pooling="avg",
         zero_init_residual=False,
         data_format=None,
+        dtype=None,
         **kwargs,
     ):
         check_model_arguments("ResNet", kwargs)
@@ -256,29 +267,36 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
                 f"got {stackwise_num_blocks!r}."
             )
         block_fn, expansion = _BLOCKS[block_type]
+        # keras.Model's functional constructor ignores `dtype`: each layer takes it.
+        policy = None if dtype is None else keras.dtype_policies.get(dtype)
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
-        x = _enter_layout(inputs, data_format)
+        x = _enter_layout(inputs, data_format, policy)
         if stem == "imagenet":
-            x = _strided_conv(x, width, 7, 2, "conv1", data_format)
+            x = _strided_conv(x, width, 7, 2, "conv1", data_format, policy)
         else:
-            x = _conv(width, 3, 1, "conv1", data_format)(x)
-        x = _bn("bn1", data_format)(x)
-        x = keras.layers.ReLU(name="relu")(x)
+            x = _conv(width, 3, 1, "conv1", data_format, policy)(x)
+        x = _bn("bn1", data_format, dtype=policy)(x)
+        x = keras.layers.ReLU(name="relu", dtype=policy)(x)
         if stem == "imagenet":
-            x = keras.layers.ZeroPadding2D(1, data_format=data_format, name="maxpool_pad")(x)
-            x = keras.layers.MaxPooling2D(
-                3, strides=2, padding="valid", data_format=data_format, name="maxpool"
+            x = keras.layers.ZeroPadding2D(
+                1, data_format=data_format, name="maxpool_pad", dtype=policy
             )(x)
+            x = keras.layers.MaxPooling2D(
+                3, strides=2, padding="valid", data_format=data_format, name="maxpool",
+                dtype=policy,
+            )(x)  # fmt: skip
         for stage, num_blocks in enumerate(stackwise_num_blocks):
             filters = width * 2**stage
             for block in range(num_blocks):
                 strides = 2 if (stage > 0 and block == 0) else 1
                 prefix = f"layer{stage + 1}_{block}"
-                x = block_fn(x, filters, strides, prefix, zero_init_residual, data_format)
-        outputs = _apply_pooling(x, pooling, data_format)
+                x = block_fn(x, filters, strides, prefix, zero_init_residual, data_format, policy)
+        outputs = _apply_pooling(x, pooling, data_format, policy)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        if policy is not None:
+            self.dtype_policy = policy
 
         # === Config ===
         self.block_type = block_type
@@ -290,6 +308,7 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
         self.zero_init_residual = zero_init_residual
         self.data_format = data_format
         self._requested_data_format = requested_data_format
+        self._dtype_argument = None if policy is None else policy.name
         self.output_dim = width * 2 ** (len(stackwise_num_blocks) - 1) * expansion
 
     def get_config(self):
@@ -305,6 +324,7 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
             "zero_init_residual": self.zero_init_residual,
             # None (the default) resolves per backend again when the model is loaded.
             "data_format": self._requested_data_format,
+            "dtype": self._dtype_argument,
         }
 
     @classmethod

@@ -82,7 +82,7 @@ def test_unknown_keyword_arguments_are_refused():
         ViT(**tiny_vit, pretrain_image_size=16, outptu="tokens")
     with pytest.raises(TypeError, match="ConvNet got unexpected keyword argument.*'widht'"):
         ConvNet(widht=(8,))
-    with pytest.raises(TypeError, match="takes no dtype.*set_dtype_policy"):
-        ResNet18(stem="cifar", dtype="mixed_bfloat16")
+    with pytest.raises(TypeError, match="ResNet got unexpected keyword argument.*'dtpye'"):
+        ResNet18(stem="cifar", dtpye="mixed_bfloat16")
     model = ConvNet((8,), name="kept", trainable=False)
     assert model.name == "kept" and not model.trainable
