@@ -221,6 +221,9 @@ def compiled():
     print("eager", _median_ms(passes(eager)), "ms")
 
 
+PHASES = ("forward + loss", "optimizer update", "after-step", "backward + rest")
+
+
 class _Timer:
     """Accumulates the wall time of wrapped calls under one name per phase."""
 
@@ -247,15 +250,11 @@ class _Timer:
         return total, split
 
 
-PHASES = ("forward + loss", "optimizer update", "after-step", "backward + rest")
-
-
 def paired(entry, steps):
     import types
 
     import numpy as np
 
-    sys.path.insert(0, str(TOOLS))
     from keras_ssl.trainer import _torch as torch_step
 
     spec = _spec(entry)
@@ -289,8 +288,8 @@ def paired(entry, steps):
         print(f"{phase:17s}", " | ".join(row), "ms")
     row = []
     for name in sides:
-        s_ = np.array(totals[name])
-        row.append(f"{name} min {s_.min():.3f} median {np.median(s_):.3f}")
+        seconds = np.array(totals[name])
+        row.append(f"{name} min {seconds.min():.3f} median {np.median(seconds):.3f}")
     print(f"{'step':17s}", " | ".join(row), "s")
     ratios = np.array(totals["lightly"]) / np.array(totals["keras_ssl"])
     quartiles = np.percentile(ratios, [25, 75])

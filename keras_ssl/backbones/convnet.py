@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_ssl.backbones._arguments import check_model_arguments
+from keras_ssl.backbones._arguments import adopt_policy, check_model_arguments, layer_policy
 from keras_ssl.backbones.resnet import (
     _apply_pooling,
     _bn,
@@ -70,8 +70,7 @@ class ConvNet(keras.Model):
                 f"`widths` must be a non-empty sequence of positive ints, got {widths}."
             )
         _check_pooling(pooling)
-        # keras.Model's functional constructor ignores `dtype`: each layer takes it.
-        policy = None if dtype is None else keras.dtype_policies.get(dtype)
+        policy = layer_policy(dtype)
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
@@ -84,8 +83,7 @@ class ConvNet(keras.Model):
             x = keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
         outputs = _apply_pooling(x, pooling, data_format, policy)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        if policy is not None:
-            self.dtype_policy = policy
+        adopt_policy(self, policy)
 
         # === Config ===
         self.widths = widths
@@ -93,7 +91,6 @@ class ConvNet(keras.Model):
         self.pooling = pooling
         self.data_format = data_format
         self._requested_data_format = requested_data_format
-        self._dtype_argument = None if policy is None else policy.name
         self.output_dim = widths[-1]
 
     def get_config(self):

@@ -54,7 +54,7 @@ unbiased batch variance, Keras with the biased one (training statistics only).
 import keras
 
 from keras_ssl.backbones import _direct_calls
-from keras_ssl.backbones._arguments import check_model_arguments
+from keras_ssl.backbones._arguments import adopt_policy, check_model_arguments, layer_policy
 from keras_ssl.layers import fused_batch_norm, small_map_conv
 
 _BN_EPSILON = 1e-5
@@ -267,8 +267,7 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
                 f"got {stackwise_num_blocks!r}."
             )
         block_fn, expansion = _BLOCKS[block_type]
-        # keras.Model's functional constructor ignores `dtype`: each layer takes it.
-        policy = None if dtype is None else keras.dtype_policies.get(dtype)
+        policy = layer_policy(dtype)
 
         # === Functional model ===
         inputs = keras.Input(shape=(None, None, input_channels), name="images")
@@ -284,9 +283,8 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
                 1, data_format=data_format, name="maxpool_pad", dtype=policy
             )(x)
             x = keras.layers.MaxPooling2D(
-                3, strides=2, padding="valid", data_format=data_format, name="maxpool",
-                dtype=policy,
-            )(x)  # fmt: skip
+                3, strides=2, padding="valid", data_format=data_format, name="maxpool", dtype=policy
+            )(x)
         for stage, num_blocks in enumerate(stackwise_num_blocks):
             filters = width * 2**stage
             for block in range(num_blocks):
@@ -295,8 +293,7 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
                 x = block_fn(x, filters, strides, prefix, zero_init_residual, data_format, policy)
         outputs = _apply_pooling(x, pooling, data_format, policy)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        if policy is not None:
-            self.dtype_policy = policy
+        adopt_policy(self, policy)
 
         # === Config ===
         self.block_type = block_type
@@ -308,7 +305,6 @@ class ResNet(_direct_calls.DirectCalls, keras.Model):
         self.zero_init_residual = zero_init_residual
         self.data_format = data_format
         self._requested_data_format = requested_data_format
-        self._dtype_argument = None if policy is None else policy.name
         self.output_dim = width * 2 ** (len(stackwise_num_blocks) - 1) * expansion
 
     def get_config(self):

@@ -82,7 +82,7 @@ from keras import ops
 
 from keras_ssl._xla_cpu import on_xla_cpu
 from keras_ssl.backbones import _direct_calls
-from keras_ssl.backbones._arguments import check_model_arguments
+from keras_ssl.backbones._arguments import adopt_policy, check_model_arguments, layer_policy
 from keras_ssl.layers import fused_dense
 from keras_ssl.layers.exact_gelu import ExactGELU
 from keras_ssl.layers.layer_norm import LayerNormalization
@@ -861,8 +861,7 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
                 raise ValueError(f"`mlp_dim` must be positive or None, got {mlp_dim}.")
         if layer_scale_init is not None:
             layer_scale_init = float(layer_scale_init)
-        # keras.Model's functional constructor ignores `dtype`: each layer takes it.
-        policy = None if dtype is None else keras.dtype_policies.get(dtype)
+        policy = layer_policy(dtype)
         layers = _build_layers(
             patch_size,
             hidden_dim,
@@ -893,8 +892,7 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         )
         outputs = features["cls"] if output == "cls" else features
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        if policy is not None:
-            self.dtype_policy = policy
+        adopt_policy(self, policy)
 
         # === Config ===
         self.patch_size = patch_size
@@ -913,7 +911,6 @@ class ViT(_direct_calls.DirectCalls, keras.Model):
         self.use_mask_token = bool(use_mask_token)
         self.mlp = mlp
         self.mlp_dim = mlp_dim
-        self._dtype_argument = None if policy is None else policy.name
         self.output_type = output
         self.output_dim = hidden_dim
         self.grid_size = grid_size

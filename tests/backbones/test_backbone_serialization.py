@@ -5,16 +5,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.backbones import ConvNet, ResNet, ResNet18, ViT
-
-
-def _perturb_weights(model, seed=0):
-    """Non-trivial weights, including BN moving statistics (variance stays positive)."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        w = keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(variable))
-        variable.assign(
-            w * rng.uniform(0.5, 1.5, w.shape) + 0.05 * np.abs(rng.normal(size=w.shape))
-        )
+from tests._support.weights import perturb_weights
 
 
 def _builders():
@@ -33,7 +24,7 @@ def _input(name):
 @pytest.mark.parametrize("name", ["convnet", "resnet18_cifar"])
 def test_config_round_trip(name):
     model = _builders()[name]()
-    _perturb_weights(model)
+    perturb_weights(model)
     config = model.get_config()
     clone = type(model).from_config(config)
     assert clone.get_config() == config
@@ -61,7 +52,7 @@ def test_serialize_deserialize_keras_object():
 @pytest.mark.parametrize("name", ["convnet", "resnet18_cifar"])
 def test_save_and_load(name, tmp_path):
     model = _builders()[name]()
-    _perturb_weights(model)
+    perturb_weights(model)
     x = _input(name)
     expected = keras.ops.convert_to_numpy(model(x, training=False))
     path = str(tmp_path / "backbone.keras")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.backbones import ConvNet, ResNet
+from tests._support.weights import perturb_weights
 
 
 def _builders():
@@ -20,17 +21,6 @@ def _builders():
 
 def _np(x):
     return keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
-
-
-def _perturbed(model, seed=0):
-    """Non-trivial weights and batch-norm statistics (variances stay positive)."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        w = _np(variable.value)
-        variable.assign(
-            w * rng.uniform(0.5, 1.5, w.shape) + 0.05 * np.abs(rng.normal(size=w.shape))
-        )
-    return model
 
 
 @pytest.mark.parametrize("name", sorted(_builders()))
@@ -54,7 +44,7 @@ def test_dtype_is_the_policy_of_every_layer(name, policy, variables, outputs):
 
 @pytest.mark.parametrize("name", sorted(_builders()))
 def test_mixed_bfloat16_computes_the_float32_function(name):
-    reference = _perturbed(_builders()[name]())
+    reference = perturb_weights(_builders()[name]())
     mixed = _builders()[name](dtype="mixed_bfloat16")
     for target, source in zip(mixed.weights, reference.weights, strict=True):
         target.assign(source.value)
@@ -87,7 +77,7 @@ def test_mixed_bfloat16_backbone_trains_in_a_method():
 def test_a_preset_loads_with_a_dtype_override(tmp_path):
     import keras_ssl
 
-    saved = _perturbed(_builders()["resnet_cifar"]())
+    saved = perturb_weights(_builders()["resnet_cifar"]())
     keras_ssl.save_to_preset(saved, tmp_path / "resnet")
     loaded, _ = keras_ssl.from_preset(tmp_path / "resnet", dtype="mixed_bfloat16")
     assert isinstance(loaded, ResNet) and loaded.dtype_policy.name == "mixed_bfloat16"
