@@ -230,6 +230,54 @@ def test_attention_matches_reference_in_both_paths(monkeypatch, xla_cpu):
     np.testing.assert_allclose(_np(weights), expected_weights, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("xla_cpu", [False, True], ids=["fused", "xla_cpu"])
+def test_attention_with_fewer_queries_gives_the_first_rows(monkeypatch, xla_cpu):
+    # `query_tokens=Q`: the first Q rows of the full attention, every token a key and a
+    # value, in every path (the weights' path is the explicit one).
+    monkeypatch.setattr(vit_module, "on_xla_cpu", lambda: xla_cpu)
+    qkv = np.random.default_rng(4).normal(size=(3, 7, 3 * 2 * 8)).astype("float32") * 2.0
+    layer = ViTAttention(num_heads=2)
+    expected, expected_weights = _reference_attention(qkv, heads=2)
+    for queries in (1, 3):
+        out = _np(layer(qkv, query_tokens=queries))
+        np.testing.assert_allclose(out, expected[:, :queries], rtol=1e-5, atol=1e-5)
+        out, weights = layer(qkv, return_attention=True, query_tokens=queries)
+        np.testing.assert_allclose(_np(out), expected[:, :queries], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            _np(weights), expected_weights[:, :, :queries], rtol=1e-5, atol=1e-6
+        )
+    symbolic = layer(keras.KerasTensor((None, 7, 48)), query_tokens=1)
+    assert tuple(symbolic.shape) == (None, 1, 16)
+
+
+def test_class_token_output_runs_the_last_block_on_the_class_token_alone():
+    # `output="cls"` computes only what it returns: the last block's projection and MLP
+    # see one token. Its features and their gradients are the full pass's.
+    model = ViT(**TINY, num_register_tokens=2, layer_scale_init=0.5, use_mask_token=False)
+    assert tuple(model.get_layer("blocks_1_attn_proj").output.shape) == (None, 1, 32)
+    assert tuple(model.get_layer("blocks_0_attn_proj").output.shape) == (None, None, 32)
+    images = _images(n=3, h=32, w=24, seed=5)
+    upstream = np.random.default_rng(6).normal(size=(3, 32)).astype("float32")
+    full = _np(model.forward_features(images)["cls"])
+    np.testing.assert_allclose(_np(model(images)), full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(images, verbose=0), full, rtol=1e-5, atol=1e-5)
+
+    def loss(full):
+        def value(x, *weights):
+            state = list(zip(model.trainable_variables, weights, strict=True))
+            with keras.StatelessScope(state_mapping=state):
+                cls = model.forward_features(x)["cls"] if full else model(x)
+            return keras.ops.sum(cls * keras.ops.convert_to_tensor(upstream))
+
+        return value
+
+    weights = [v.numpy() for v in model.trainable_variables]
+    got, expected = (gradients(loss(full), images, *weights) for full in (False, True))
+    for g, e in zip(got, expected, strict=True):
+        assert np.abs(e).max() > 1e-3
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+
+
 def test_attention_under_mixed_precision_keeps_the_fused_kernel(monkeypatch):
     # On JAX's CPU too: the fused kernel accumulates the logits in float32, the explicit
     # matmuls would round them to bfloat16 before the softmax.
