@@ -38,7 +38,8 @@ def test_quick_run_writes_table_and_json(tmp_path):
         str(TOOL),
         "--quick",
         "--methods",
-        "simclr",
+        # BYOL: its schedules need the run's length, which each round's `fit` ends.
+        "simclr,byol",
         "--backends",
         backend,
         "--output-dir",
@@ -59,8 +60,13 @@ def test_quick_run_writes_table_and_json(tmp_path):
     assert report["versions"][backend]["keras"] == keras.__version__
     assert report["settings"]["batch_size"] == 8 and report["settings"]["quick"]
     assert report["settings"]["malloc_env"]["MALLOC_MMAP_MAX_"] == "0"
-    (entry,) = report["results"]
-    assert entry["entry"] == "simclr"
+    entry, byol = report["results"]
+    assert (entry["entry"], byol["entry"]) == ("simclr", "byol")
+    for record in (entry, byol):
+        for side in record["summary"]["sides"].values():
+            assert side["error"] is None and side["failed_rounds"] == {}, side
+    # Both rounds' steps: the second comes after the first round's `fit`.
+    assert byol["summary"]["sides"][backend]["step"]["n"] == 2
     sides = entry["summary"]["sides"]
     assert set(sides) == ({backend, "lightly"} if with_lightly else {backend})
     row = sides[backend]
@@ -129,6 +135,53 @@ def test_summary_ratios_medians_and_flops():
     assert jax["fit"]["images_per_s"] == pytest.approx(20.0)
     assert jax["fit"]["vs_step"] == pytest.approx(0.4)
     assert "ratio_vs_lightly" not in summary["sides"]["lightly"]
+
+
+def test_a_failed_round_is_reported_not_dropped():
+    tool = _load_tool()
+    error = "ValueError: call model.set_run_length first"
+    answers = [{"ok": True, "times": [0.2, 0.2]}, {"ok": False, "error": error}]
+    record = {
+        "sides": {
+            "jax": {
+                "error": None,
+                "info": {"parameters": {"trainable": 3}, "first_step_s": 1.0},
+                "rounds": {"step": answers, "augment": [{"ok": True, "times": [0.1]}] * 2},
+            }
+        }
+    }
+    summary = tool.summarise(record, batch=10)
+    row = summary["sides"]["jax"]
+    assert row["failed_rounds"] == {"step": [error]}
+    assert row["step"]["n"] == 2  # the round that ran still counts
+    report = {
+        "settings": dict(
+            threads=2,
+            precision="float32",
+            batch_size=10,
+            dino_batch_size=4,
+            local_crops=6,
+            image_size=32,
+            rounds=2,
+            steps=2,
+            malloc_tuning=True,
+        ),
+        "machine": {"cpu": "test", "cores_available": 2},
+        "load_average_start": [0],
+        "load_average_end": [0],
+        "versions": {},
+        "results": [
+            {
+                "entry": "byol",
+                "spec": {"backbone": "r", "batch_size": 10},
+                "sides": record["sides"],
+                "summary": summary,
+            }
+        ],
+    }
+    table = tool.markdown(report)
+    assert "FAILED ROUNDS" in table
+    assert f"- byol, jax, step: 1 of 2 rounds failed ({error})" in table
 
 
 def test_views_are_the_same_on_both_sides():

@@ -338,9 +338,14 @@ class KerasWorker:
             optimizer = keras.optimizers.SGD(lr, momentum=0.9)
         jit = {"auto": "auto", "true": True, "false": False}[spec["jit_compile"]]
         model.compile(optimizer=optimizer, jit_compile=jit)
-        # Schedules (EMA momentum, DINO's decay and temperatures) as in a run of this length.
-        model.set_run_length(spec["total_steps"], spec["total_steps"])
+        self._set_run_length(model)
         return model
+
+    def _set_run_length(self, model):
+        # Schedules (EMA momentum, DINO's decay and temperatures) as in a run of this length.
+        # Again after every `fit`, which ends its own run there: train_on_batch would refuse
+        # the next round's steps.
+        model.set_run_length(self.spec["total_steps"], self.spec["total_steps"])
 
     def parameters(self):
         model = self.model
@@ -425,6 +430,7 @@ class KerasWorker:
             data, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[Marks()]
         )
         total = time.perf_counter() - start
+        self._set_run_length(self.model)
         return _fit_result(marks, total, n)
 
 
@@ -747,6 +753,11 @@ def summarise(record, batch):
         row["peak_rss_mb"] = exit_info.get("peak_rss_mb", info.get("peak_rss_mb"))
         row["peak_device_mb"] = exit_info.get("peak_device_mb", info.get("peak_device_mb"))
         row["device"] = info.get("device", "cpu")
+        row["failed_rounds"] = {
+            phase: [a.get("error", "?") for a in answers if not a.get("ok")]
+            for phase, answers in data["rounds"].items()
+            if any(not a.get("ok") for a in answers)
+        }
         step_rounds = _phase_times(data["rounds"]["step"], "step")
         steps = [t for times in step_rounds if times for t in times]
         if not steps:
@@ -905,6 +916,15 @@ def markdown(report):
             f"- {METHOD_TITLES[entry['entry']]}: "
             + (f"{per_image / 1e9:.2f} GFLOP" if per_image else "not counted (no lightly side)")
         )
+    failures = [
+        f"- {e['entry']}, {side}, {phase}: {len(errors)} of "
+        f"{len(e['sides'][side]['rounds'][phase])} rounds failed ({errors[0][:200]})"
+        for e in report["results"]
+        for side, row in e["summary"]["sides"].items()
+        for phase, errors in (row.get("failed_rounds") or {}).items()
+    ]
+    if failures:
+        lines += ["", "FAILED ROUNDS (their figures come from the other rounds only):", *failures]
     mismatches = []
     for e in report["results"]:
         sides = e["summary"]["sides"]
@@ -980,10 +1000,10 @@ def main(argv=None):
         f"{r['entry']}/{side}"
         for r in results
         for side, row in r["summary"]["sides"].items()
-        if row.get("error")
+        if row.get("error") or row.get("failed_rounds")
     ]
     if failed:
-        print(f"Failed sides: {', '.join(failed)} (see {log_dir})", file=sys.stderr)
+        print(f"Failed sides or rounds: {', '.join(failed)} (see {log_dir})", file=sys.stderr)
         return 1
     return 0
 
