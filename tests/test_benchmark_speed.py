@@ -155,17 +155,7 @@ def test_a_failed_round_is_reported_not_dropped():
     assert row["failed_rounds"] == {"step": [error]}
     assert row["step"]["n"] == 2  # the round that ran still counts
     report = {
-        "settings": dict(
-            threads=2,
-            precision="float32",
-            batch_size=10,
-            dino_batch_size=4,
-            local_crops=6,
-            image_size=32,
-            rounds=2,
-            steps=2,
-            malloc_tuning=True,
-        ),
+        "settings": tool.report_settings(tool._resolve(tool._parser().parse_args(["--quick"]))),
         "machine": {"cpu": "test", "cores_available": 2},
         "load_average_start": [0],
         "load_average_end": [0],

@@ -753,11 +753,11 @@ def summarise(record, batch):
         row["peak_rss_mb"] = exit_info.get("peak_rss_mb", info.get("peak_rss_mb"))
         row["peak_device_mb"] = exit_info.get("peak_device_mb", info.get("peak_device_mb"))
         row["device"] = info.get("device", "cpu")
-        row["failed_rounds"] = {
+        errors = {
             phase: [a.get("error", "?") for a in answers if not a.get("ok")]
             for phase, answers in data["rounds"].items()
-            if any(not a.get("ok") for a in answers)
         }
+        row["failed_rounds"] = {phase: e for phase, e in errors.items() if e}
         step_rounds = _phase_times(data["rounds"]["step"], "step")
         steps = [t for times in step_rounds if times for t in times]
         if not steps:
@@ -942,24 +942,29 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
+def report_settings(args):
+    """The run's settings as the report keeps them (resolved arguments, allocator tuning)."""
+    settings = {
+        k: v for k, v in vars(args).items() if k not in ("worker", "setup_venv", "output_dir")
+    }
+    settings["malloc_tuning"] = not args.no_malloc_tuning
+    settings["malloc_env"] = common.MALLOC_ENV if settings["malloc_tuning"] else {}
+    return settings
+
+
 def write_report(args, output, results, load_start, started):
     versions = {}
     for record in results:
         for side, data in record["sides"].items():
             if not data["error"] and data["info"].get("versions"):
                 versions.setdefault(side, data["info"]["versions"])
-    settings = {
-        k: v for k, v in vars(args).items() if k not in ("worker", "setup_venv", "output_dir")
-    }
-    settings["malloc_tuning"] = not args.no_malloc_tuning
-    settings["malloc_env"] = common.MALLOC_ENV if settings["malloc_tuning"] else {}
     report = {
         "machine": machine_info(),
         "load_average_start": load_start,
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "wall_s": time.time() - started,
         "versions": versions,
-        "settings": settings,
+        "settings": report_settings(args),
         "results": results,
     }
     (output / "speed.json").write_text(json.dumps(report, indent=1))
