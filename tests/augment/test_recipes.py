@@ -415,3 +415,16 @@ def test_tf_data_pipeline():
             for view, shape in zip(views, shapes, strict=True):
                 assert isinstance(view, tf.Tensor)
                 _check_view(view.numpy(), shape)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="TensorFlow and JAX arrays have no strides"
+)
+@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "dino"])
+def test_views_are_dense_channels_last_memory_on_torch(name):
+    """A ResNet on PyTorch runs channels-last convolutions on a permuted view of dense
+    (N, H, W, C) images; views in another memory order would run them channels-first,
+    slower (crops and blurs are einsums, whose torch results are permuted views)."""
+    make = {"simclr": lambda seed=0: SimCLRAugment(16, seed=seed), **_recipes()}[name]
+    for view in make(seed=0)(_uint8_images()):
+        assert view.is_contiguous(), (tuple(view.shape), view.stride())
