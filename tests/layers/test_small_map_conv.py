@@ -227,3 +227,36 @@ def test_channels_first_convolution_matches_numpy(shape, size, stride, padding, 
         got_dx = got_dx.transpose(0, 2, 3, 1)
     np.testing.assert_allclose(got_dx, dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_d_kernel, d_kernel, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_strided_convolutions_read_a_stored_input_on_xla_cpu(compiled):
+    """A strided convolution's input goes through an optimization barrier on XLA:CPU
+    (only there, and only for strided ones); its values and gradients are Keras's."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 9, 9, 3)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 3, 4)).astype("float32")
+    layer = Conv2D(4, 3, strides=2, padding="valid")
+    dy = ops.convert_to_tensor(rng.normal(size=(2, 4, 4, 4)).astype("float32"))
+
+    def ours(x, kernel):
+        return ops.sum(layer.convolution_op(ops.multiply(x, x), kernel) * dy)
+
+    def keras_conv(x, kernel):
+        return ops.sum(ops.conv(ops.multiply(x, x), kernel, strides=2, padding="valid") * dy)
+
+    for got, expected in zip(
+        gradients(ours, x, kernel, compiled=compiled),
+        gradients(keras_conv, x, kernel, compiled=compiled),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stride_1 = Conv2D(4, 3, padding="same")
+        barriers = [
+            str(jax.make_jaxpr(conv.convolution_op)(x, kernel)).count("optimization_barrier")
+            for conv in (layer, stride_1)
+        ]
+        assert barriers == ([1, 0] if _xla_cpu.on_xla_cpu() else [0, 0])
