@@ -99,14 +99,17 @@ class Conv2D(keras.layers.Conv2D):
       that starts a stage (DINO's 12-16 px local crops reach a ResNet's or the demo
       ConvNet's last stage at these sizes). Outputs of at most 4 pixels are
       convolved with `conv2d_as_matmul` instead, at the speed of a dense layer.
-    - JAX's CPU backend, strided convolutions (a ResNet stage's first and its 1x1
-      shortcut): XLA:CPU takes their kernel gradient from the input transposed to
-      (C, H, W, N), and fuses into that transpose the batch norms, ReLUs and residual
-      additions that made the input, recomputed for every element it reads across the
-      batch (1.0-1.5 s a step for one such transpose in a ResNet-18 SimCLR step at
-      32 px, batch 256, 2 cores). The input goes through an optimization barrier, so
-      the transpose reads a stored tensor: that step took 12.6-13.1 s instead of
-      15.5-17.2 s. (On every convolution the barrier was slower: 13.2-14.6 s.)
+    - JAX's CPU backend, strided convolutions (a ResNet stage's first 3x3 and its 1x1
+      shortcut): XLA:CPU takes a convolution's kernel gradient from the input
+      transposed to (C, H, W, N), and fuses into that transpose the batch norms, ReLUs
+      and residual additions that made the input, recomputed for every element it
+      reads across the batch (1.0-1.5 s a step for one such transpose in a ResNet-18
+      SimCLR step at 32 px, batch 256, 2 cores). A strided 3x3 convolution's input
+      goes through an optimization barrier, so the transpose reads a stored tensor; a
+      strided 1x1 convolution is a strided slice and a matmul (`conv2d_as_matmul`),
+      whose gradients need no transpose. That step took 15.5-17.2 s before, 12.6-13.7 s
+      with the barrier and 12.6-12.8 s with both. (A barrier on every convolution was
+      no faster: 12.7-13.4 s.)
     - PyTorch, channels_first, "valid" or stride-1 "same", no groups or dilation:
       `torch.nn.functional.conv2d` with the kernel laid out in memory as the input is,
       by 2-D transposes that torch copies about 3x faster than the 4-D permutation
@@ -165,7 +168,8 @@ class Conv2D(keras.layers.Conv2D):
         if self.padding == "valid":
             out_h = (height - self.kernel_size[0]) // self.strides[0] + 1
             out_w = (width - self.kernel_size[1]) // self.strides[1] + 1
-        return out_h * out_w <= _MAX_MATMUL_PIXELS and on_xla_cpu()
+        strided_1x1 = tuple(self.kernel_size) == (1, 1) and tuple(self.strides) != (1, 1)
+        return (out_h * out_w <= _MAX_MATMUL_PIXELS or strided_1x1) and on_xla_cpu()
 
     def _stored_input(self, inputs):
         return tuple(self.strides) != (1, 1) and len(inputs.shape) == 4 and on_xla_cpu()

@@ -98,14 +98,16 @@ def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(mon
     monkeypatch.setattr(small_map_conv, "conv2d_as_matmul", spy)
     rng = np.random.default_rng(0)
     maps = [rng.normal(size=(2, s, s, 3)).astype("float32") for s in (2, 4, 5, 7)]
-    for strides, padding, expected in (
-        (1, "same", [(2, 2, 2, 3)]),  # outputs 2x2, 4x4, 5x5, 7x7
-        (2, "valid", [(2, 4, 4, 3), (2, 5, 5, 3)]),  # outputs 1x1, 2x2, 3x3
+    for size, strides, padding, expected in (
+        (3, 1, "same", [(2, 2, 2, 3)]),  # outputs 2x2, 4x4, 5x5, 7x7
+        (3, 2, "valid", [(2, 4, 4, 3), (2, 5, 5, 3)]),  # outputs 1x1, 2x2, 3x3
+        (1, 2, "valid", [(2, 4, 4, 3), (2, 5, 5, 3), (2, 7, 7, 3)]),  # strided 1x1: all
+        (1, 1, "valid", []),  # outputs 4x4, 5x5, 7x7
     ):
         calls.clear()
         kwargs = dict(strides=strides, padding=padding, use_bias=True)
-        ours = Conv2D(4, 3, bias_initializer="random_normal", **kwargs)
-        theirs = keras.layers.Conv2D(4, 3, **kwargs)
+        ours = Conv2D(4, size, bias_initializer="random_normal", **kwargs)
+        theirs = keras.layers.Conv2D(4, size, **kwargs)
         inputs = maps[1:] if padding == "valid" else maps  # no 0x0 outputs
         ours.build(inputs[0].shape)
         theirs.build(inputs[0].shape)
