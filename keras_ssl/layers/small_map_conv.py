@@ -103,13 +103,13 @@ class Conv2D(keras.layers.Conv2D):
       shortcut): XLA:CPU takes a convolution's kernel gradient from the input
       transposed to (C, H, W, N), and fuses into that transpose the batch norms, ReLUs
       and residual additions that made the input, recomputed for every element it
-      reads across the batch (1.0-1.5 s a step for one such transpose in a ResNet-18
-      SimCLR step at 32 px, batch 256, 2 cores). A strided 3x3 convolution's input
-      goes through an optimization barrier, so the transpose reads a stored tensor; a
-      strided 1x1 convolution is a strided slice and a matmul (`conv2d_as_matmul`),
-      whose gradients need no transpose. That step took 15.5-17.2 s before, 12.6-13.7 s
-      with the barrier and 12.6-12.8 s with both. (A barrier on every convolution was
-      no faster: 12.7-13.4 s.)
+      reads across the batch (1.0-1.5 s of thread time a step for one such transpose
+      in a ResNet-18 SimCLR step at 32 px, batch 256, 2 cores). A strided 1x1
+      convolution is a strided slice and a matmul (`conv2d_as_matmul`), whose
+      gradients need no transpose; any other strided convolution's input goes
+      through an optimization barrier, so the transpose reads a stored tensor. That
+      step took 15.5-17.2 s before, 12.6-13.7 s with the barrier alone and 12.6-12.8 s
+      with both. (A barrier on every convolution's input was no faster: 12.7-13.4 s.)
     - PyTorch, channels_first, "valid" or stride-1 "same", no groups or dilation:
       `torch.nn.functional.conv2d` with the kernel laid out in memory as the input is,
       by 2-D transposes that torch copies about 3x faster than the 4-D permutation

@@ -119,7 +119,7 @@ def test_layer_equals_keras_conv2d_and_takes_the_matmul_path_only_on_xla_cpu(mon
                 rtol=1e-5,
                 atol=1e-5,
             )
-        assert calls == (expected if _xla_cpu.on_xla_cpu() else []), (strides, padding)
+        assert calls == (expected if _xla_cpu.on_xla_cpu() else []), (size, strides, padding)
 
 
 def test_config_round_trip():
