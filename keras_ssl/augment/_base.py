@@ -372,7 +372,8 @@ class AugmentationLayer(DataLayer):
     sequentially or use :func:`keras_ssl.augment.augment_with_rng`.
     """
 
-    # Whether an eager call on the JAX backend runs through a cached ``jax.jit``.
+    # Whether an eager call runs compiled as a whole: a cached ``jax.jit`` on JAX, a
+    # ``tf.function`` of the layer on TensorFlow (`_should_jit_eagerly`).
     _jit_eager = True
     # Why this layer's own math needs float images in [0, 1] (None: it takes any range).
     _unit_range_use = None
@@ -470,7 +471,11 @@ class AugmentationLayer(DataLayer):
                 # In a data-loading worker: this layer's and its sublayers' own streams.
                 reseed_for_stream(self._layers_with_generators(), stream)
             if self._should_jit_eagerly(inputs, kwargs):
-                return self._jax_jit_call(inputs)
+                if keras.backend.backend() == "jax":
+                    return self._jax_jit_call(inputs)
+                function = self._tf_function()
+                if function is not None:
+                    return function(inputs)
             return super().__call__(inputs, **kwargs)
 
     def _layers_with_generators(self):
@@ -516,11 +521,56 @@ class AugmentationLayer(DataLayer):
         return bool(self.unit_range_uses())
 
     def _should_jit_eagerly(self, inputs, kwargs):
-        """Eager JAX calls (`__call__` asks for eager ones only) are compiled as a whole:
-        op-by-op dispatch is very slow."""
-        if kwargs or keras.backend.backend() != "jax" or not self._jit_eager:
+        """Whether this eager call (`__call__` asks for eager ones only) runs compiled as a
+        whole, on JAX (`_jax_jit_call`) and on TensorFlow (`_tf_function`): op-by-op
+        dispatch is very slow, on TensorFlow ten times the graph's time for a multi-crop
+        recipe. `training` is accepted and ignored, as by every augmentation layer."""
+        from keras_ssl.ops.distributed import world_size
+
+        if set(kwargs) - {"training"} or not self._jit_eager or self.trainable_variables:
             return False
-        return not (self.trainable_variables or _is_tf_tensor(inputs))
+        if world_size() != 1:
+            # Each replica draws its own slice (`uniform`), as the call's replica context
+            # says: not something to trace once and keep.
+            return False
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return not _is_tf_tensor(inputs)
+        if backend != "tensorflow":
+            return False
+        import tensorflow as tf
+
+        return not tf.distribute.has_strategy()  # mirrored seed states, replica contexts
+
+    def _tf_function(self):
+        """This layer's `tf.function` for eager TensorFlow calls, or None for the first
+        eager call of the layer as it is configured, which runs op by op: a trace costs a
+        few such calls, and many layers are called eagerly once (a preview, a test).
+        Traced again after a configuration change (the key of `_StaticLayer`) and, with
+        `reduce_retracing`, once for batches of any size. The graph draws and advances the
+        seed states as an eager call does, so the views do not depend on which path ran."""
+        key = _StaticLayer(self).key
+        functions = self.__dict__.get("_tf_functions")
+        if functions is None:
+            functions = {}
+            object.__setattr__(self, "_tf_functions", functions)  # untracked by Keras
+        if key not in functions:
+            functions[key] = None
+            return None
+        if functions[key] is None:
+            import tensorflow as tf
+
+            layer_call = super().__call__
+
+            def graph_call(images):
+                token = _IN_AUGMENTATION.set(True)  # checked by the eager call already
+                try:
+                    return layer_call(images)
+                finally:
+                    _IN_AUGMENTATION.reset(token)
+
+            functions[key] = tf.function(graph_call, autograph=False, reduce_retracing=True)
+        return functions[key]
 
     def _jax_jit_call(self, inputs):
         inputs = keras.ops.convert_to_tensor(inputs)

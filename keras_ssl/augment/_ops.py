@@ -105,8 +105,11 @@ def interpolation_matrix(B, start, length, in_size, out_size, interpolation="bil
     length = B.core.cast(length, "float32")
     k = B.core.convert_to_tensor(np.arange(in_size, dtype="float32"))
     i = B.core.convert_to_tensor(np.arange(out_size, dtype="float32"))
-    scale = length / float(out_size)
-    src = start[:, None] + (i[None, :] + 0.5) * scale[:, None] - 0.5  # (N, Ho)
+    # Written so that TensorFlow's graph optimizer (constant folding) has nothing to rewrite,
+    # as it does `x / c` (into `x * (1 / c)`) and `x + y - c`: a graph gives the views of an
+    # eager call to the last bit (`AugmentationLayer._tf_function`).
+    scale = length * (1.0 / out_size)
+    src = (start - 0.5)[:, None] + (i[None, :] + 0.5) * scale[:, None]  # (N, Ho)
     support = np_.maximum(scale, 1.0)[:, None, None]
     weights = _filter_weights(B, (k[None, None, :] - src[:, :, None]) / support, interpolation)
     inside = np_.logical_and(
@@ -245,7 +248,7 @@ def rgb_to_hsv(B, images):
     is_r = np_.equal(maxc, r)
     is_g = np_.logical_and(np_.equal(maxc, g), np_.logical_not(is_r))
     hue = np_.where(is_r, bc - gc, np_.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = np_.mod(hue / 6.0 + 1.0, 1.0)
+    hue = np_.mod(hue * (1.0 / 6.0) + 1.0, 1.0)  # a product: see `interpolation_matrix`
     return hue, sat, maxc
 
 

@@ -5,6 +5,7 @@ import pytest
 from keras_ssl.augment import (
     AugmentationPipeline,
     ColorJitter,
+    DINOMultiCrop,
     GaussianBlur,
     MultiViewAugment,
     RandomApply,
@@ -289,12 +290,66 @@ def test_eager_calls_follow_sub_layers_changed_after_construction():
     assert len(greyscales) == 2
     for layer in greyscales:
         layer.probability = 1.0
-    assert all(_grey(view).all() for view in augment(images))
+    for _ in range(2):  # on TensorFlow the second call runs a tf.function of the layer
+        assert all(_grey(view).all() for view in augment(images))
     # The unchanged twin (same arguments) keeps its own behaviour.
     assert not all(_grey(view).all() for view in twin(images))
     for layer in greyscales:
         layer.probability = 0.0
-    assert not any(_grey(view).any() for view in augment(images))
+    for _ in range(2):
+        assert not any(_grey(view).any() for view in augment(images))
+
+
+def _op_by_op(layer):
+    for inner in layer._flatten_layers(include_self=True, recursive=True):
+        inner._jit_eager = False
+    return layer
+
+
+def _compiled_and_op_by_op_pairs():
+    return [
+        lambda: RandomResizedCrop(13, 19, seed=1),
+        lambda: RandomResizedCrop(31, 17, interpolation="bicubic", seed=1),
+        lambda: ColorJitter(0.4, 0.4, 0.2, 0.1, probability=0.8, seed=3),
+        lambda: GaussianBlur(5, probability=1.0, seed=5),
+        lambda: SimCLRAugment(15, seed=7),
+        lambda: DINOMultiCrop((25, 21), local_size=11, num_local_crops=3, seed=10),
+    ]
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch runs eager calls op by op")
+@pytest.mark.parametrize("index", range(len(_compiled_and_op_by_op_pairs())))
+def test_eager_calls_compiled_as_a_whole_give_the_op_by_op_views(index):
+    # Eager calls run as one jax.jit function on JAX and, from a layer's second call, as a
+    # tf.function on TensorFlow, whose graph optimizer must find nothing to rewrite
+    # (`x / c`, `x + y - c`): the views are those of op-by-op calls, on TensorFlow to the
+    # last bit, on JAX up to XLA's fusions. Odd sizes: no power-of-two constants.
+    make = _compiled_and_op_by_op_pairs()[index]
+    compiled, reference = make(), _op_by_op(make())
+    images = np.random.default_rng(index).uniform(size=(16, 27, 23, 3)).astype("float32")
+    for _ in range(3):
+        views, expected = compiled(images, training=True), reference(images, training=True)
+        views = views if isinstance(views, tuple) else (views,)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for view, want in zip(views, expected, strict=True):
+            if BACKEND == "tensorflow":
+                np.testing.assert_array_equal(_np(view), _np(want))
+            else:
+                np.testing.assert_allclose(_np(view), _np(want), atol=1e-5)
+    if BACKEND == "tensorflow":
+        assert [f is not None for f in compiled._tf_functions.values()] == [True]
+        assert "_tf_functions" not in reference.__dict__
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tf.function of eager TensorFlow calls")
+def test_eager_tensorflow_calls_trace_once_for_any_batch_size():
+    augment = SimCLRAugment.small_images(16, seed=0)
+    for n in (4, 4, 6, 3, 5, 4):
+        views = augment(_uint8_images(n=n, size=16))
+        assert [tuple(view.shape) for view in views] == [(n, 16, 16, 3)] * 2
+    (function,) = augment._tf_functions.values()
+    # The first call ran op by op; then one trace for batches of 4 and one for any size.
+    assert function.experimental_get_tracing_count() == 2
 
 
 def test_equal_pipelines_share_one_compiled_function():
@@ -334,7 +389,7 @@ def test_replicas_draw_different_crops_from_one_generator_state(monkeypatch):
     def views(world, replica):
         monkeypatch.setattr(distributed, "world_size", lambda: world)
         monkeypatch.setattr(distributed, "replica_id", lambda: replica)
-        # (training=True: as in the train step, not through the eager cache of compiled calls)
+        # (eager calls with world_size() > 1 run op by op, not through compiled functions)
         return _np(RandomResizedCrop(8, 8, seed=4)(images, training=True))
 
     first, second = views(2, 0), views(2, 1)
