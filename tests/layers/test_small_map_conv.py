@@ -130,22 +130,35 @@ def test_config_round_trip():
     assert isinstance(restored, Conv2D)
 
 
-def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch(monkeypatch):
+def _memory_order(x):
+    import torch
+
+    if x.is_contiguous():
+        return "NCHW"
+    return "NHWC" if x.is_contiguous(memory_format=torch.channels_last) else "other"
+
+
+def test_channels_first_inputs_are_convolved_from_dense_memory_on_torch(monkeypatch):
     seen = []
     original = small_map_conv._torch_conv2d
 
     def spy(inputs, kernel, strides, padding):
-        seen.append((tuple(inputs.shape), inputs.is_contiguous()))
+        seen.append((tuple(inputs.shape), _memory_order(inputs)))
         return original(inputs, kernel, strides, padding)
 
     monkeypatch.setattr(small_map_conv, "_torch_conv2d", spy)
     rng = np.random.default_rng(1)
     layer = Conv2D(4, 3, padding="same", data_format="channels_first")
     reference = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first")
-    for size in (4, 8):
-        # A channels-last image seen as (N, C, H, W), as the ResNet runs on torch.
-        x = ops.transpose(ops.convert_to_tensor(rng.normal(size=(2, size, size, 3))), (0, 3, 1, 2))
-        x = ops.cast(x, "float32")
+    # "NHWC": a channels-last image seen as (N, C, H, W), as the ResNet runs on torch;
+    # "other": an (N, H, C, W) array seen so, as torch's einsum returns augmented views.
+    for size, memory in ((4, "NHWC"), (8, "NHWC"), (4, "other"), (8, "other")):
+        shape, axes = (
+            ((2, size, size, 3), (0, 3, 1, 2))
+            if memory == "NHWC"
+            else ((2, size, 3, size), (0, 2, 1, 3))
+        )
+        x = ops.transpose(ops.convert_to_tensor(rng.normal(size=shape).astype("float32")), axes)
         if not reference.built:
             layer.build(x.shape)
             reference.build(x.shape)
@@ -154,8 +167,14 @@ def test_channels_first_small_maps_are_convolved_from_contiguous_memory_on_torch
             ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(reference(x)), rtol=1e-5, atol=1e-5
         )
     if keras.backend.backend() == "torch":
-        # Only the 4x4 map (16 pixels) is made contiguous; the 8x8 keeps its memory.
-        assert seen == [((2, 3, 4, 4), True), ((2, 3, 8, 8), False)]
+        # Maps of at most 16 pixels are made (N, C, H, W)-contiguous; larger ones keep
+        # channels-last memory, or are copied into it.
+        assert seen == [
+            ((2, 3, 4, 4), "NCHW"),
+            ((2, 3, 8, 8), "NHWC"),
+            ((2, 3, 4, 4), "NCHW"),
+            ((2, 3, 8, 8), "NHWC"),
+        ]
     else:
         assert seen == []
 
@@ -193,7 +212,7 @@ CHANNELS_FIRST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout", ["channels_last_memory", "contiguous"])
+@pytest.mark.parametrize("layout", ["channels_last_memory", "contiguous", "other_memory"])
 @pytest.mark.parametrize("shape,size,stride,padding", CHANNELS_FIRST_CASES)
 def test_channels_first_convolution_matches_numpy(shape, size, stride, padding, layout):
     # On torch: (N, C, H, W) inputs in either memory layout, with the weight laid out as the
@@ -214,19 +233,25 @@ def test_channels_first_convolution_matches_numpy(shape, size, stride, padding, 
     def convolve(x, kernel):
         if layout == "channels_last_memory":
             x = ops.transpose(x, (0, 3, 1, 2))  # on torch a view: channels-last memory
+        elif layout == "other_memory":
+            x = ops.transpose(x, (0, 2, 1, 3))  # (N, H, C, W) memory, as torch's einsum gives
         return layer.convolution_op(x, kernel)
 
     def loss(x, kernel):
         return ops.sum(convolve(x, kernel) * upstream)
 
-    inputs = (
-        x if layout == "channels_last_memory" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    )
+    inputs = {
+        "channels_last_memory": x,
+        "contiguous": np.ascontiguousarray(x.transpose(0, 3, 1, 2)),
+        "other_memory": np.ascontiguousarray(x.transpose(0, 1, 3, 2)),
+    }[layout]
     value = ops.convert_to_numpy(convolve(ops.convert_to_tensor(inputs), kernel))
     np.testing.assert_allclose(value.transpose(0, 2, 3, 1), y, rtol=1e-4, atol=1e-4)
     got_dx, got_d_kernel = gradients(loss, inputs, kernel)
     if layout == "contiguous":
         got_dx = got_dx.transpose(0, 2, 3, 1)
+    elif layout == "other_memory":
+        got_dx = got_dx.transpose(0, 1, 3, 2)
     np.testing.assert_allclose(got_dx, dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_d_kernel, d_kernel, rtol=1e-4, atol=1e-4)
 
